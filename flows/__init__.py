@@ -1,0 +1,1 @@
+"""Thin Prefect orchestration of unmask; the work itself lives in `tasks/`."""

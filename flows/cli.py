@@ -1,0 +1,109 @@
+"""The `unmask` command line: one subcommand per job."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tasks.images import MAX_PIXELS
+
+app = typer.Typer(
+    help="unmask: rebuild the face under a surgical mask, guided by an unmasked photo of the same person.\n\n"
+         "Typical path: `unmask preprocess FACES OUT` makes training shards; `unmask train OUT` trains "
+         "and registers a model; `unmask folder PHOTOS RESULTS` unmasks a folder of photos.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+class _ShardProgress:
+    """A progress bar fed by the `.done` markers that shards write, wherever they run."""
+
+    def __init__(self, output_dir: str, total: int):
+        from tasks import storage
+
+        self.fs, base = storage.filesystem(output_dir)
+        self.pattern = storage.join(base, "shards", "part-*.done")
+        self.total, self.stop = total, threading.Event()
+        self.progress = Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=console, transient=False)
+
+    def _poll(self):
+        bar = self.progress.add_task("shards", total=self.total)
+        while not self.stop.wait(0.5):
+            self.progress.update(bar, completed=min(self.total, len(self.fs.glob(self.pattern))))
+        self.progress.update(bar, completed=min(self.total, len(self.fs.glob(self.pattern))))
+
+    def __enter__(self):
+        self.progress.start()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.progress.stop()
+
+
+@app.command()
+def preprocess(
+    input_dir: str = typer.Argument(..., help="Folder (or fsspec URL) of face photos; searched recursively."),
+    output_dir: str = typer.Argument(..., help="Where shards/, rejects.parquet and summary.json go."),
+    size: int = typer.Option(256, help="Side of the aligned square face crops, in pixels."),
+    shard_size: int = typer.Option(1000, help="Images per shard (one task, one Parquet file)."),
+    val_percent: float = typer.Option(5.0, help="Share of ids (or people) put in the `val` split."),
+    pairs: Optional[Path] = typer.Option(None, help="CSV `input,reference`: a real reference photo per input."),
+    identities: Optional[Path] = typer.Option(None, help="CSV `path,identity`: references from the same person."),
+    mask_templates: Optional[Path] = typer.Option(None, help="Folder of RGBA mask templates with masks.cfg."),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: one per core)."),
+    dask_address: Optional[str] = typer.Option(None, help="Use an existing Dask cluster, e.g. tcp://host:8786."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N inputs (sorted)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, help="Reject photos above this many pixels (decompression bombs)."),
+    train: bool = typer.Option(False, "--train", help="Start training on the shards when done."),
+):
+    """Detect, align, mask and pair faces into Parquet shards for training (the preprocess-ffhq flow)."""
+    from flows.preprocess import plan, preprocess_ffhq
+    from flows.runtime import prefect_api
+
+    for label, p in (("--pairs", pairs), ("--identities", identities), ("--mask-templates", mask_templates)):
+        if p is not None and not p.exists():
+            _fail(f"{label} {p} does not exist")
+    try:
+        shards, _ = plan(input_dir, shard_size, limit)
+    except FileNotFoundError:
+        _fail(f"input folder {input_dir} does not exist")
+    try:
+        with prefect_api(), _ShardProgress(output_dir, len(shards)):
+            summary = preprocess_ffhq(
+                input_dir=input_dir, output_dir=output_dir, size=size, shard_size=shard_size,
+                val_percent=val_percent, pairs=str(pairs) if pairs else None,
+                identities=str(identities) if identities else None,
+                mask_templates=str(mask_templates) if mask_templates else None,
+                workers=workers, dask_address=dask_address, limit=limit, max_pixels=max_pixels, train=train,
+            )
+    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
+        _fail(f"{type(exc).__name__}: {exc}")
+    console.print_json(json.dumps(summary))
+    console.print(f"shards in [bold]{output_dir}/shards[/]")
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Per-image and per-shard work of unmask: plain functions, no Prefect inside."""

@@ -1,0 +1,103 @@
+"""Robust photo loading: any mode, EXIF orientation, size guards."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tasks.errors import Reject
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+MIN_SIDE = 64
+MAX_PIXELS = 50_000_000
+
+# We check the pixel count ourselves before decoding (and raise a clean reject),
+# so Pillow's own warning/error threshold is turned off.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(EXTENSIONS)
+
+
+def list_inputs(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Sorted POSIX paths (relative to root, a folder or fsspec URL) of images, and of other files."""
+    from tasks.storage import filesystem
+
+    fs, base = filesystem(str(root))
+    base = base.rstrip("/")
+    images, ignored = [], []
+    for path in fs.find(base):
+        rel = path[len(base):].lstrip("/")
+        (images if is_image_name(rel) else ignored).append(rel)
+    return sorted(images), sorted(ignored)
+
+
+def _to_rgb_array(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode to HxWx3 uint8 RGB (16-bit scaled down, alpha composited on grey)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        grey = Image.new("RGBA", rgba.size, (128, 128, 128, 255))
+        return np.asarray(Image.alpha_composite(grey, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def open_image(data: bytes, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
+    """Decode bytes into an upright Pillow image, or raise Reject with a reason code."""
+    if len(data) == 0:
+        raise Reject("empty", "file has 0 bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise Reject("not-an-image", "not a format Pillow can read") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a per-file reject
+        raise Reject("corrupt", str(exc)) from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise Reject("too-large", f"{w}x{h} is over {max_pixels} pixels")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except Exception as exc:  # noqa: BLE001
+        raise Reject("corrupt", str(exc)) from None
+    if min(img.size) < min_side:
+        raise Reject("too-small", f"{img.size[0]}x{img.size[1]}, short side under {min_side}")
+    return img
+
+
+def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Read a photo file as upright HxWx3 uint8 RGB, or raise Reject."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise Reject("corrupt", f"cannot read: {exc}") from None
+    return _to_rgb_array(open_image(data, max_pixels, min_side))
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """PNG bytes of an 8-bit RGB or single-channel array (cv2: faster than Pillow)."""
+    import cv2
+
+    if arr.ndim == 3:
+        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def decode_png(data: bytes, grey: bool = False) -> np.ndarray:
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError("PNG decoding failed")
+    return arr if grey else cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)

@@ -1,0 +1,217 @@
+"""Preprocessing of one image and of one shard of images into a Parquet file.
+
+A shard is the unit of work (one Prefect task each): it reads its inputs, writes
+`shards/part-NNNNN.parquet` through a temporary name, then a `.done` marker holding
+its counts, its rejects and a hash of its input list, so reruns skip finished shards.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import time
+from pathlib import PurePosixPath
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, Field
+
+from tasks import storage
+from tasks.align import align_face
+from tasks.errors import Reject
+from tasks.images import MAX_PIXELS, _to_rgb_array, encode_png, open_image
+from tasks.landmarks import detect_faces
+from tasks.reference import WarpedReference, real_reference, synthetic_reference
+from tasks.regions import mask_region
+from tasks.render import load_templates, render_mask
+from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
+from tasks.segment import segment_kmeans
+
+
+class Options(BaseModel):
+    """What a shard needs besides its file list; small enough to ship to every task."""
+
+    input_dir: str
+    output_dir: str
+    size: int = Field(256, ge=64, le=1024)
+    val_percent: float = Field(5.0, ge=0, le=100)
+    mask_templates: str | None = None
+    max_pixels: int = MAX_PIXELS
+    references: dict[str, str] = {}  # source -> reference source, both relative to input_dir
+    identities: dict[str, str] = {}  # source -> person, for person-level splits
+
+
+def image_id(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()[:16]
+
+
+def _unit_hash(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def split_of(source: str, opts: Options) -> str:
+    key = opts.identities.get(source, source)
+    return "val" if _unit_hash("split:" + key) * 100 < opts.val_percent else "train"
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}"
+
+
+def shard_hash(sources: list[str], opts: Options) -> str:
+    """Changes when the shard's inputs or anything that shapes its rows change."""
+    h = hashlib.sha1()
+    h.update(f"schema={SCHEMA_VERSION};size={opts.size};val={opts.val_percent};"
+             f"templates={opts.mask_templates}\n".encode())
+    for s in sources:
+        h.update(f"{s}\t{opts.references.get(s, '')}\t{opts.identities.get(s, '')}\n".encode())
+    return h.hexdigest()
+
+
+def read_photo(fs, path: str, max_pixels: int) -> np.ndarray:
+    try:
+        data = fs.cat_file(path)
+    except (OSError, FileNotFoundError) as exc:
+        raise Reject("corrupt", f"cannot read: {exc}") from None
+    return _to_rgb_array(open_image(data, max_pixels))
+
+
+def process_image(source: str, opts: Options, fs=None, timings: dict | None = None) -> dict:
+    """One input photo to one row of the shard schema, or raise Reject."""
+    t = time.perf_counter
+    clock = {} if timings is None else timings
+
+    def lap(name, start):
+        clock[name] = clock.get(name, 0.0) + t() - start
+        return t()
+
+    if fs is None:
+        fs, _ = storage.filesystem(opts.input_dir)
+    base = storage.filesystem(opts.input_dir)[1]
+    s = t()
+    photo = read_photo(fs, storage.join(base, source), opts.max_pixels)
+    s = lap("decode", s)
+    faces = detect_faces(photo)
+    s = lap("landmarks", s)
+    if not faces:
+        raise Reject("no-face", "FaceMesh found no face")
+    face, lm, matrix = align_face(photo, faces[0], opts.size)
+    s = lap("align", s)
+    iid = image_id(source)
+    rng = np.random.default_rng(int(iid, 16) & 0xFFFFFFFF)
+    region = mask_region(lm, face.shape)
+    templates = load_templates(opts.mask_templates) if opts.mask_templates else None
+    masked, rendered = render_mask(face, lm, rng, templates)
+    s = lap("render", s)
+    segmented = segment_kmeans(masked, lm, seed=int(iid[:6], 16))
+    s = lap("segment", s)
+    ref: WarpedReference | None = None
+    if source in opts.references:
+        try:
+            other = read_photo(fs, storage.join(base, opts.references[source]), opts.max_pixels)
+            ref = real_reference(other, face, lm, rendered, opts.size)
+        except Reject:
+            ref = None  # an unusable reference photo falls back to a synthetic one
+    if ref is None:
+        ref = synthetic_reference(face, lm, rendered, rng)
+    s = lap("warp", s)
+    row = {
+        "id": iid,
+        "source": source,
+        "split": split_of(source, opts),
+        "image": encode_png(face),
+        "masked": encode_png(masked),
+        "reference_warped": encode_png(ref.matched),
+        "reference_warped_raw": encode_png(ref.raw),
+        "mask_region": encode_png(region),
+        "mask_rendered": encode_png(rendered),
+        "mask_segmented": encode_png(segmented),
+        "reference_valid": encode_png(ref.valid),
+        "landmarks": lm.astype(np.float32).ravel().tolist(),
+        "align_matrix": matrix.astype(np.float32).ravel().tolist(),
+        "faces": len(faces),
+        "reference_kind": ref.kind,
+    }
+    lap("encode", s)
+    return row
+
+
+def _parquet_bytes(rows: list[dict]) -> bytes:
+    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+    return buf.getvalue()
+
+
+def process_shard(index: int, sources: list[str], opts: Options, timings: dict | None = None) -> dict:
+    """Write one shard (or skip it when its marker says it is done); returns its marker record."""
+    out_fs, out_base = storage.filesystem(opts.output_dir)
+    shards = storage.join(out_base, "shards")
+    name = shard_name(index)
+    final, marker = storage.join(shards, name + ".parquet"), storage.join(shards, name + ".done")
+    digest = shard_hash(sources, opts)
+    if out_fs.exists(marker) and out_fs.exists(final):
+        record = storage.read_json(out_fs, marker)
+        if record.get("input_hash") == digest:
+            return {**record, "skipped": True}
+    out_fs.makedirs(shards, exist_ok=True)
+    start = time.perf_counter()
+    in_fs, _ = storage.filesystem(opts.input_dir)
+    rows, rejects = [], []
+    for source in sources:
+        try:
+            rows.append(process_image(source, opts, in_fs, timings))
+        except Reject as rej:
+            rejects.append({"id": image_id(source), "source": source, "reason": rej.reason, "detail": rej.detail})
+        except Exception as exc:  # noqa: BLE001 - one bad photo must not sink its shard
+            rejects.append({"id": image_id(source), "source": source, "reason": "corrupt",
+                            "detail": f"{type(exc).__name__}: {exc}"})
+    t = time.perf_counter()
+    storage.write_bytes_atomic(out_fs, final, _parquet_bytes(rows))
+    if timings is not None:
+        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t
+    record = {
+        "shard": name,
+        "rows": len(rows),
+        "rejects": len(rejects),
+        "reject_rows": rejects,
+        "input_hash": digest,
+        "inputs": len(sources),
+        "schema_version": SCHEMA_VERSION,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    storage.write_json_atomic(out_fs, marker, record)
+    return {**record, "skipped": False}
+
+
+def merge_rejects(output_dir: str, records: list[dict]) -> None:
+    fs, base = storage.filesystem(output_dir)
+    rows = [r for rec in records for r in rec.get("reject_rows", [])]
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf)
+    storage.write_bytes_atomic(fs, storage.join(base, "rejects.parquet"), buf.getvalue())
+
+
+def read_pairs_csv(path: str) -> dict[str, str]:
+    """`input,reference` rows (relative to the input folder) to a mapping; empty references dropped."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return {PurePosixPath(r["input"]).as_posix(): PurePosixPath(r["reference"]).as_posix()
+                for r in csv.DictReader(f) if r.get("input") and r.get("reference")}
+
+
+def read_identities_csv(path: str) -> tuple[dict[str, str], dict[str, str]]:
+    """`path,identity` rows to (identities, references): each photo's reference is another
+    photo of the same person, chosen by hash so reruns pick the same one."""
+    with open(path, newline="", encoding="utf-8") as f:
+        ident = {PurePosixPath(r["path"]).as_posix(): r["identity"] for r in csv.DictReader(f) if r.get("path")}
+    people: dict[str, list[str]] = {}
+    for p, who in sorted(ident.items()):
+        people.setdefault(who, []).append(p)
+    refs = {}
+    for p, who in ident.items():
+        others = [o for o in people[who] if o != p]
+        if others:
+            refs[p] = others[int(_unit_hash("ref:" + p) * len(others)) % len(others)]
+    return ident, refs

@@ -1,0 +1,51 @@
+"""Where a surgical mask sits on a face, from FaceMesh landmarks."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# Jaw line from the image-right cheek (454) under the chin (152) to the image-left cheek (234).
+JAW = [454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234]
+# Upper edge back over the cheeks and the nose bridge (197).
+UPPER = [117, 118, 197, 347, 346]
+MASK_POLYGON = JAW + UPPER
+# The whole face outline, for the skin ring used in colour matching.
+FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
+             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
+NOSE_BRIDGE, CHIN, CHEEK_L, CHEEK_R = 197, 152, 234, 454
+
+
+def mask_polygon(landmarks: np.ndarray, chin_margin: float = 0.06) -> np.ndarray:
+    """Polygon (N, 2) of the mask area; the jaw is pushed out a little, as a mask covers under the chin."""
+    pts = landmarks[MASK_POLYGON].astype(np.float32).copy()
+    centre = landmarks[[NOSE_BRIDGE, CHIN]].mean(axis=0)
+    face_h = float(np.linalg.norm(landmarks[CHIN] - landmarks[NOSE_BRIDGE]))
+    jaw = slice(0, len(JAW))
+    out = pts[jaw] - centre
+    norm = np.linalg.norm(out, axis=1, keepdims=True) + 1e-6
+    pts[jaw] = pts[jaw] + out / norm * chin_margin * face_h
+    return pts
+
+
+def fill_polygon(points: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(out, [np.round(points * 16).astype(np.int32)], 255, lineType=cv2.LINE_8, shift=4)
+    return out
+
+
+def mask_region(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Binary (0/255) region a surgical mask covers: nose bridge to under the chin, cheek to cheek."""
+    return fill_polygon(mask_polygon(landmarks), shape)
+
+
+def face_region(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    return fill_polygon(landmarks[FACE_OVAL], shape)
+
+
+def skin_ring(landmarks: np.ndarray, hole: np.ndarray, width_frac: float = 0.08) -> np.ndarray:
+    """Face skin just around the hole (0/255), where colours of target and reference are compared."""
+    h = hole.shape[0]
+    k = max(3, int(round(width_frac * h)) | 1)
+    grown = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    ring = cv2.bitwise_and(grown, cv2.bitwise_not(hole))
+    return cv2.bitwise_and(ring, face_region(landmarks, hole.shape))

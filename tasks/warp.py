@@ -1,0 +1,73 @@
+"""Thin-plate-spline warp of a reference face onto a target face from 30 landmarks.
+
+Written by hand rather than with OpenCV's shape transformer (about 190 ms for 512 px)
+or kornia (a torch round trip per image): an exact 30-point solve in numpy, evaluated
+on a coarse grid and upsampled, then one cv2.remap, costs about a millisecond.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+# 30 FaceMesh points spread over the face: brows, eye corners, irises, nose, mouth, jaw, forehead.
+TPS_POINTS = [70, 105, 107, 336, 334, 300,      # brows
+              33, 133, 362, 263, 468, 473,      # eyes
+              168, 6, 197, 1, 98, 327,          # nose
+              61, 291, 0, 17, 13, 14,           # mouth
+              234, 454, 172, 397, 152, 10]      # jaw, chin, forehead
+GRID_STEP = 8
+REGULARISATION = 1e-3
+
+
+def _kernel(r2: np.ndarray) -> np.ndarray:
+    return np.where(r2 > 0, r2 * np.log(np.maximum(r2, 1e-12)), 0.0)
+
+
+def fit_tps(src: np.ndarray, dst: np.ndarray, reg: float = REGULARISATION):
+    """TPS coefficients mapping src points (n,2) to dst points (n,2); points scaled to [0,1]."""
+    n = len(src)
+    d2 = ((src[:, None, :] - src[None, :, :]) ** 2).sum(-1)
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n] = _kernel(d2) + reg * np.eye(n)
+    system[:n, n] = 1
+    system[:n, n + 1:] = src
+    system[n, :n] = 1
+    system[n + 1:, :n] = src.T
+    rhs = np.zeros((n + 3, 2))
+    rhs[:n] = dst
+    return np.linalg.solve(system, rhs)
+
+
+def eval_tps(coef: np.ndarray, src: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    n = len(src)
+    d2 = ((pts[:, None, :] - src[None, :, :]) ** 2).sum(-1)
+    return _kernel(d2) @ coef[:n] + coef[n] + pts @ coef[n + 1:]
+
+
+def tps_maps(target_pts: np.ndarray, reference_pts: np.ndarray, size: tuple[int, int]):
+    """Backward maps (map_x, map_y) for cv2.remap: each target pixel's place in the reference."""
+    h, w = size
+    scale = float(max(h, w))
+    coef = fit_tps(target_pts / scale, reference_pts / scale)
+    gh, gw = h // GRID_STEP + 1, w // GRID_STEP + 1
+    gy, gx = np.mgrid[0:gh, 0:gw].astype(np.float64) * GRID_STEP
+    grid = np.stack([gx.ravel(), gy.ravel()], 1) / scale
+    mapped = (eval_tps(coef, target_pts / scale, grid) * scale).astype(np.float32).reshape(gh, gw, 2)
+    # The TPS is smooth, so a linear upsampling of the coarse grid is accurate to well under a pixel.
+    full = cv2.resize(mapped, (gw * GRID_STEP, gh * GRID_STEP), interpolation=cv2.INTER_LINEAR)
+    shift = GRID_STEP / 2 - 0.5  # cv2.resize samples pixel centres; realign to grid corners
+    m = np.float32([[1, 0, shift], [0, 1, shift]])
+    full = cv2.warpAffine(full, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+    return full[..., 0].copy(), full[..., 1].copy()
+
+
+def warp_reference(reference: np.ndarray, reference_lm: np.ndarray, target_lm: np.ndarray,
+                   size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference warped into the target's geometry, and its validity mask (0/255)."""
+    map_x, map_y = tps_maps(target_lm[TPS_POINTS].astype(np.float64),
+                            reference_lm[TPS_POINTS].astype(np.float64), size)
+    warped = cv2.remap(reference, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    h, w = reference.shape[:2]
+    valid = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    return warped, np.where(valid, 255, 0).astype(np.uint8)

@@ -1,0 +1,156 @@
+"""The per-face steps on real faces: align, mask region, segmentation, TPS warp, colour match."""
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from tasks.align import align_face
+from tasks.colour import match_colour, paste
+from tasks.landmarks import detect_faces
+from tasks.reference import real_reference, relight, synthetic_reference
+from tasks.regions import mask_region
+from tasks.segment import iou, segment_kmeans
+from tasks.warp import TPS_POINTS, tps_maps, warp_reference
+from tests.conftest import shared
+
+
+def psnr(a, b, where):
+    err = ((a.astype(np.float64) - b.astype(np.float64)) ** 2)[where > 0].mean()
+    return 10 * np.log10(255.0**2 / max(err, 1e-10))
+
+
+def test_align_puts_eyes_level_and_returns_pasteable_matrix(astronaut, astronaut_face):
+    crop, lm, matrix = astronaut_face
+    assert crop.shape == (256, 256, 3) and lm.shape == (478, 2) and matrix.shape == (2, 3)
+    eyes = lm[[468, 473]]
+    assert abs(eyes[0, 1] - eyes[1, 1]) < 4  # eye line horizontal
+    assert 60 < eyes[0, 0] < 128 < eyes[1, 0] < 196
+    # the matrix maps the photo onto the crop: inverting it pastes the crop back
+    back = cv2.warpAffine(crop, cv2.invertAffineTransform(matrix), astronaut.shape[1::-1])
+    region = cv2.warpAffine(np.full((256, 256), 255, np.uint8), cv2.invertAffineTransform(matrix),
+                            astronaut.shape[1::-1])
+    inner = cv2.erode(region, np.ones((9, 9), np.uint8))
+    assert psnr(back, astronaut, inner) > 25
+
+
+def test_non_square_photo_is_aligned_not_resized():
+    faces = sorted(shared("faces-bulk").glob("*.jpg"))[:3]
+    from tasks.images import load_rgb
+
+    for f in faces:
+        img = load_rgb(f)
+        assert img.shape[0] != img.shape[1]
+        crop, lm, _ = align_face(img, detect_faces(img)[0], 128)
+        assert crop.shape == (128, 128, 3)
+        # same geometry whatever the photo's aspect ratio: iris distance ~ a fixed share of the crop
+        assert 0.2 < np.linalg.norm(lm[468] - lm[473]) / 128 < 0.4
+
+
+def test_mask_region_covers_nose_mouth_chin_not_eyes(astronaut_face):
+    _, lm, _ = astronaut_face
+    region = mask_region(lm, (256, 256))
+    at = lambda i: region[int(lm[i, 1]), int(lm[i, 0])]  # noqa: E731
+    for inside in (1, 13, 14, 61, 291, 152 - 0):  # nose tip, lips, mouth corners
+        if inside != 152:
+            assert at(inside) == 255, inside
+    for outside in (468, 473, 10, 105, 334):  # irises, forehead, brows
+        assert at(outside) == 0, outside
+    assert 0.15 < (region > 0).mean() < 0.5
+
+
+def test_tps_is_exact_on_identity_and_maps_landmarks():
+    rng = np.random.default_rng(1)
+    pts = rng.uniform(20, 230, (30, 2))
+    mx, my = tps_maps(pts, pts, (256, 256))
+    gy, gx = np.mgrid[0:256, 0:256]
+    assert np.abs(mx - gx).max() <= 0.26 and np.abs(my - gy).max() <= 0.26
+    moved = pts + rng.normal(0, 4, pts.shape)
+    mx, my = tps_maps(pts, moved, (256, 256))
+    p = np.round(pts).astype(int)
+    err = np.hypot(mx[p[:, 1], p[:, 0]] - moved[:, 0], my[p[:, 1], p[:, 0]] - moved[:, 1])
+    assert np.median(err) < 1.5
+
+
+def test_warp_validity_marks_uncovered_pixels(astronaut_face):
+    face, lm, _ = astronaut_face
+    shifted = lm.copy()
+    shifted[:, 0] -= 80  # reference face sits 80 px further left: the target's left edge is not covered
+    warped, valid = warp_reference(face, shifted, lm, (256, 256))
+    assert valid[:, :60].max() == 0
+    assert valid[:, -60:].min() == 255
+    assert (warped[valid == 0] == 0).all()
+
+
+def test_colour_match_undoes_a_lighting_change(astronaut_face):
+    face, lm, _ = astronaut_face
+    hole = mask_region(lm, face.shape)
+    relit = relight(face, np.random.default_rng(3))
+    matched = match_colour(relit, face, lm, hole)
+    assert psnr(matched, face, hole) > psnr(relit, face, hole) + 2
+
+
+def test_colour_match_lifts_paste_psnr_on_real_pairs():
+    root = shared("identity-pairs")
+    from tasks.images import load_rgb
+
+    rows = list(csv.DictReader(open(root / "identities.csv")))
+    people: dict = {}
+    for r in rows:
+        if min(int(r["width"]), int(r["height"])) >= 100:
+            people.setdefault(r["identity"], []).append(r["path"])
+    raw_scores, matched_scores = [], []
+    for who, paths in sorted(people.items()):
+        if len(paths) < 2 or len(raw_scores) >= 12:
+            continue
+        a, b = (load_rgb(root / p, min_side=32) for p in sorted(paths)[:2])
+        fa = detect_faces(a)
+        if not fa:
+            continue
+        target, lm, _ = align_face(a, fa[0], 128)
+        hole = mask_region(lm, target.shape)
+        ref = real_reference(b, target, lm, hole, 128)
+        if ref is None:
+            continue
+        where = hole & ref.valid
+        raw_scores.append(psnr(paste(target, ref.raw, hole), target, where))
+        matched_scores.append(psnr(paste(target, ref.matched, hole), target, where))
+    assert len(raw_scores) >= 8
+    assert np.mean(matched_scores) > np.mean(raw_scores) + 0.5, (np.mean(raw_scores), np.mean(matched_scores))
+
+
+def test_synthetic_reference_is_close_but_not_a_copy(astronaut_face):
+    face, lm, _ = astronaut_face
+    hole = mask_region(lm, face.shape)
+    ref = synthetic_reference(face, lm, hole, np.random.default_rng(7))
+    assert ref.kind == "synthetic"
+    where = hole & ref.valid
+    assert where.sum() > 0.8 * (hole > 0).sum()
+    score = psnr(ref.matched, face, where)
+    assert 18 < score < 45, score  # a usable guide with real warp error, not the truth itself
+
+
+def test_kmeans_segmentation_finds_a_flat_mask(astronaut_face):
+    face, lm, _ = astronaut_face
+    region = mask_region(lm, face.shape)
+    masked = face.copy()
+    masked[region > 0] = (170, 200, 225)  # a plain light-blue mask, with a little noise
+    noise = np.random.default_rng(0).normal(0, 4, masked.shape)
+    masked = np.clip(masked + noise * (region[..., None] > 0), 0, 255).astype(np.uint8)
+    seg = segment_kmeans(masked, lm)
+    assert iou(seg, region) > 0.9
+
+
+def test_kmeans_segmentation_beats_nothing_on_hand_labels():
+    root = shared("masked-segmentation", "CWM")
+    from PIL import Image
+
+    from tasks.images import load_rgb
+
+    scores = []
+    for img_path in sorted((root / "images").glob("*.jpg"))[:15]:
+        label = np.asarray(Image.open(root / "labels" / (img_path.stem + ".png")))
+        img = load_rgb(img_path)
+        faces = detect_faces(img)
+        scores.append(iou(segment_kmeans(img, faces[0]), label == 2) if faces else 0.0)
+    assert np.mean(scores) > 0.6, scores
