@@ -23,7 +23,8 @@ from tasks.align import align_face
 from tasks.errors import Reject
 from tasks.images import MAX_PIXELS, _to_rgb_array, encode_png, open_image
 from tasks.landmarks import detect_faces
-from tasks.reference import WarpedReference, real_reference, synthetic_reference
+from tasks.colour import match_colour
+from tasks.reference import real_warp, synthetic_warp
 from tasks.regions import mask_region
 from tasks.render import load_templates, render_mask
 from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
@@ -107,32 +108,35 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
     s = lap("render", s)
     segmented = segment_kmeans(masked, lm, seed=int(iid[:6], 16))
     s = lap("segment", s)
-    ref: WarpedReference | None = None
+    warped, kind = None, "real"
     if source in opts.references:
         try:
             other = read_photo(fs, storage.join(base, opts.references[source]), opts.max_pixels)
-            ref = real_reference(other, face, lm, rendered, opts.size)
+            warped = real_warp(other, lm, opts.size)
         except Reject:
-            ref = None  # an unusable reference photo falls back to a synthetic one
-    if ref is None:
-        ref = synthetic_reference(face, lm, rendered, rng)
+            warped = None  # an unusable reference photo falls back to a synthetic one
+    if warped is None:
+        warped, kind = synthetic_warp(face, lm, rng), "synthetic"
+    raw, valid = warped
     s = lap("warp", s)
+    matched = match_colour(raw, face, lm, rendered, valid)
+    s = lap("colour_match", s)
     row = {
         "id": iid,
         "source": source,
         "split": split_of(source, opts),
         "image": encode_png(face),
         "masked": encode_png(masked),
-        "reference_warped": encode_png(ref.matched),
-        "reference_warped_raw": encode_png(ref.raw),
+        "reference_warped": encode_png(matched),
+        "reference_warped_raw": encode_png(raw),
         "mask_region": encode_png(region),
         "mask_rendered": encode_png(rendered),
         "mask_segmented": encode_png(segmented),
-        "reference_valid": encode_png(ref.valid),
+        "reference_valid": encode_png(valid),
         "landmarks": lm.astype(np.float32).ravel().tolist(),
         "align_matrix": matrix.astype(np.float32).ravel().tolist(),
         "faces": len(faces),
-        "reference_kind": ref.kind,
+        "reference_kind": kind,
     }
     lap("encode", s)
     return row
@@ -141,7 +145,8 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
 def _parquet_bytes(rows: list[dict]) -> bytes:
     table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+    # PNG bytes are already compressed: a second codec costs time and saves nothing.
+    pq.write_table(table, buf, row_group_size=ROW_GROUP_SIZE, compression="none")
     return buf.getvalue()
 
 

@@ -53,9 +53,8 @@ def relight(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def synthetic_reference(face: np.ndarray, landmarks: np.ndarray, hole: np.ndarray,
-                        rng: np.random.Generator) -> WarpedReference:
-    """Re-pose and re-light the face, find its landmarks again, warp it back onto the face."""
+def synthetic_warp(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator):
+    """Re-pose and re-light the face, find its landmarks again, warp it back: (raw, valid)."""
     posed, hom = repose(face, rng)
     posed = relight(posed, rng)
     found = detect_faces(posed)
@@ -63,18 +62,26 @@ def synthetic_reference(face: np.ndarray, landmarks: np.ndarray, hole: np.ndarra
         ref_lm = found[0]
     else:  # detection can fail on a strong re-pose: fall back to the exact transformed points
         ref_lm = cv2.perspectiveTransform(landmarks[None].astype(np.float32), hom)[0]
-    raw, valid = warp_reference(posed, ref_lm, landmarks, face.shape[:2])
-    matched = match_colour(raw, face, landmarks, hole, valid)
-    return WarpedReference(raw, matched, valid, "synthetic")
+    return warp_reference(posed, ref_lm, landmarks, face.shape[:2])
 
 
-def real_reference(photo: np.ndarray, target: np.ndarray, target_lm: np.ndarray, hole: np.ndarray,
-                   size: int) -> WarpedReference | None:
-    """Warp the largest face of a second photo onto the target; None if it has no face."""
+def real_warp(photo: np.ndarray, target_lm: np.ndarray, size: int):
+    """Warp the largest face of a second photo onto the target: (raw, valid), or None without a face."""
     faces = detect_faces(photo)
     if not faces:
         return None
     crop, crop_lm, _ = align_face(photo, faces[0], size)
-    raw, valid = warp_reference(crop, crop_lm, target_lm, target.shape[:2])
-    matched = match_colour(raw, target, target_lm, hole, valid)
-    return WarpedReference(raw, matched, valid, "real")
+    return warp_reference(crop, crop_lm, target_lm, (size, size))
+
+
+def synthetic_reference(face, landmarks, hole, rng) -> WarpedReference:
+    raw, valid = synthetic_warp(face, landmarks, rng)
+    return WarpedReference(raw, match_colour(raw, face, landmarks, hole, valid), valid, "synthetic")
+
+
+def real_reference(photo, target, target_lm, hole, size) -> WarpedReference | None:
+    warped = real_warp(photo, target_lm, size)
+    if warped is None:
+        return None
+    raw, valid = warped
+    return WarpedReference(raw, match_colour(raw, target, target_lm, hole, valid), valid, "real")
