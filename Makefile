@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install demo test bench bench-preprocess lock clean
+.PHONY: install demo test bench bench-preprocess bench-segment lock clean
 
 install: $(STAMP)
 
@@ -23,7 +23,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-bench: bench-preprocess
+bench: bench-segment bench-preprocess
+
+bench-segment: install
+	$(BIN)/python -m benchmarks.bench_segment --data $(SHARED)
 
 bench-preprocess: install
 	$(BIN)/python -m benchmarks.bench_preprocess --data $(SHARED)/faces-bulk

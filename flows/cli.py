@@ -1,11 +1,17 @@
 """The `unmask` command line: one subcommand per job."""
 from __future__ import annotations
 
-import json
-import sys
-import threading
-from pathlib import Path
-from typing import Optional
+import os
+
+# Before Prefect is imported: no analytics, and only warnings on the console (a progress bar shows the rest).
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+import json  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import typer
 from rich.console import Console
@@ -21,7 +27,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _root() -> None:
+    """unmask: rebuild the face under a surgical mask."""
 
 
 def _fail(message: str) -> None:

@@ -29,6 +29,8 @@ def list_inputs(root: str | os.PathLike) -> tuple[list[str], list[str]]:
 
     fs, base = filesystem(str(root))
     base = base.rstrip("/")
+    if not fs.isdir(base):
+        raise FileNotFoundError(f"input folder {root} does not exist")
     images, ignored = [], []
     for path in fs.find(base):
         rel = path[len(base):].lstrip("/")

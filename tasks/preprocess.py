@@ -193,6 +193,7 @@ def process_shard(index: int, sources: list[str], opts: Options, timings: dict |
 
 def merge_rejects(output_dir: str, records: list[dict]) -> None:
     fs, base = storage.filesystem(output_dir)
+    fs.makedirs(base, exist_ok=True)
     rows = [r for rec in records for r in rec.get("reject_rows", [])]
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), buf)

@@ -1,0 +1,145 @@
+"""Generator (coarse + refinement) and SN-PatchGAN discriminator.
+
+Unlike DeepFill v2, the colour-matched warped reference and its validity mask are inputs.
+Where the reference is valid, the refinement predicts a correction over pasting it (its last
+layer starts at zero), so an untrained generator equals the paste baseline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+from model.layers import GatedConv2d, GatedUp
+
+IN_CHANNELS = 8  # masked RGB (hole zeroed), mask, reference RGB, reference validity
+
+
+@dataclass
+class GeneratorOutput:
+    coarse: torch.Tensor   # coarse net's raw prediction, [-1, 1]
+    refined: torch.Tensor  # refinement's raw prediction, [-1, 1]
+    result: torch.Tensor   # refined composited into the known pixels, [-1, 1]
+
+
+def _encoder(cin: int, c: int) -> nn.Sequential:
+    """Two down-samplings to 1/4 resolution with 4c channels."""
+    return nn.Sequential(
+        GatedConv2d(cin, c, 5),
+        GatedConv2d(c, 2 * c, 3, stride=2),
+        GatedConv2d(2 * c, 2 * c, 3),
+        GatedConv2d(2 * c, 4 * c, 3, stride=2),
+        GatedConv2d(4 * c, 4 * c, 3),
+    )
+
+
+def _dilated(c4: int) -> nn.Sequential:
+    return nn.Sequential(*[GatedConv2d(c4, c4, 3, dilation=d) for d in (2, 4, 8, 16)],
+                         GatedConv2d(c4, c4, 3), GatedConv2d(c4, c4, 3))
+
+
+def _decoder(cin: int, c: int) -> nn.Sequential:
+    return nn.Sequential(
+        GatedUp(cin, 2 * c),
+        GatedConv2d(2 * c, 2 * c, 3),
+        GatedUp(2 * c, c),
+        GatedConv2d(c, c // 2, 3),
+    )
+
+
+class CoarseNet(nn.Module):
+    """Gated convs, two down-samplings, dilated gated convs (2, 4, 8, 16), two up-samplings, tanh."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.body = nn.Sequential(_encoder(IN_CHANNELS, c), _dilated(4 * c), _decoder(4 * c, c))
+        self.out = nn.Conv2d(c // 2, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.out(self.body(x)))
+
+
+class MaskedSelfAttention(nn.Module):
+    """Multi-head self-attention over a 1/8-resolution feature map in which hole pixels may
+    only borrow from known pixels (the role of DeepFill v2's contextual attention)."""
+
+    def __init__(self, channels: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        keep = known.reshape(b, 1, 1, h * w) > 0.5
+        keep = keep | ~keep.any(dim=-1, keepdim=True)  # a fully unknown map may attend anywhere
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class RefineNet(nn.Module):
+    """A dilated gated-conv branch and an attention branch, merged and decoded into a correction."""
+
+    def __init__(self, c: int = 32):
+        super().__init__()
+        self.conv_branch = nn.Sequential(_encoder(IN_CHANNELS, c), _dilated(4 * c))
+        self.attn_encoder = _encoder(IN_CHANNELS, c)
+        self.attn_down = GatedConv2d(4 * c, 4 * c, 3, stride=2)
+        self.attention = MaskedSelfAttention(4 * c)
+        self.attn_up = GatedUp(4 * c, 4 * c)
+        self.merge = GatedConv2d(8 * c, 4 * c, 3)
+        self.decoder = _decoder(4 * c, c)
+        self.delta = nn.Conv2d(c // 2, 3, 3, padding=1)
+        nn.init.zeros_(self.delta.weight)
+        nn.init.zeros_(self.delta.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        a = self.conv_branch(x)
+        feat = self.attn_down(self.attn_encoder(x))
+        known = 1.0 - F.adaptive_max_pool2d(mask, feat.shape[-2:])
+        b = self.attn_up(self.attention(feat, known))
+        return self.delta(self.decoder(self.merge(torch.cat([a, b], dim=1))))
+
+
+class Generator(nn.Module):
+    """Inputs in [0, 1] (as the pyfunc model takes them); outputs in [-1, 1]."""
+
+    def __init__(self, channels: int = 32):
+        super().__init__()
+        self.coarse = CoarseNet(channels)
+        self.refine = RefineNet(channels)
+
+    def forward(self, masked: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
+                reference_valid: torch.Tensor) -> GeneratorOutput:
+        known = 1.0 - mask
+        image = (masked * 2 - 1) * known
+        ref = (reference * 2 - 1) * reference_valid
+        x = torch.cat([image, mask, ref, reference_valid], dim=1)
+        coarse = self.coarse(x)
+        composed = image + coarse * mask
+        # the paste baseline: the reference where it is valid, the coarse guess elsewhere
+        base = ref * reference_valid + coarse * (1 - reference_valid)
+        delta = self.refine(torch.cat([composed, mask, ref, reference_valid], dim=1), mask)
+        refined = (base + delta).clamp(-1, 1)
+        return GeneratorOutput(coarse, refined, image + refined * mask)
+
+
+class Discriminator(nn.Module):
+    """SN-PatchGAN: six spectral-norm convs, kernel 5, stride 2, on image plus mask."""
+
+    def __init__(self, c: int = 64):
+        super().__init__()
+        chans = [4, c, 2 * c, 4 * c, 4 * c, 4 * c, 4 * c]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(chans, chans[1:])):
+            layers.append(spectral_norm(nn.Conv2d(a, b, 5, 2, padding=2)))
+            if i < len(chans) - 2:
+                layers.append(nn.LeakyReLU(0.2))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([image, mask * 2 - 1], dim=1))

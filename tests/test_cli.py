@@ -1,0 +1,48 @@
+"""The `unmask` command as a user runs it: help, exit codes, a real preprocess run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tasks.fixtures import write_demo_faces
+
+UNMASK = str(Path(sys.executable).parent / "unmask")
+
+
+def run(*args, env=None):
+    return subprocess.run([UNMASK, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          timeout=600)
+
+
+def test_help_names_every_job():
+    out = run("--help")
+    assert out.returncode == 0
+    assert "preprocess" in out.stdout
+    sub = run("preprocess", "--help")
+    assert sub.returncode == 0
+    for opt in ("--size", "--shard-size", "--val-percent", "--pairs", "--identities", "--mask-templates",
+                "--workers", "--dask-address", "--limit", "--train"):
+        assert opt in sub.stdout, opt
+
+
+def test_missing_input_is_one_clear_fatal_error(tmp_path):
+    out = run("preprocess", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert out.returncode == 1
+    assert "does not exist" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_preprocess_demo_faces_with_a_reject_exits_zero(tmp_path):
+    faces = tmp_path / "faces"
+    write_demo_faces(faces, n=6)
+    (faces / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    out = run("preprocess", str(faces), str(tmp_path / "out"), "--size", "128", "--shard-size", "4",
+              "--workers", "1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["inputs"] == 7 and summary["rows"] == 6 and summary["rejects"] == 1
+    rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
+    assert rejects[0]["source"] == "broken.jpg" and rejects[0]["reason"] in ("corrupt", "not-an-image")

@@ -1,0 +1,193 @@
+"""The preprocess-ffhq flow on real faces: local cluster, external cluster losing a worker, resume."""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tasks.images import decode_png
+from tasks.preprocess import image_id
+from tasks.schema import SCHEMA_VERSION, SHARD_SCHEMA
+from tests.conftest import shared
+
+BAD = {
+    "bad/empty.jpg": "empty",
+    "bad/truncated.jpg": "corrupt",
+    "bad/text.png": "not-an-image",
+    "bad/blank.png": "no-face",
+    "bad/tiny.png": "too-small",
+}
+
+
+@pytest.fixture(scope="module")
+def prefect_server():
+    """One Prefect API for the module's flows (and their Dask workers)."""
+    from flows.runtime import prefect_api
+
+    with prefect_api() as url:
+        yield url
+
+
+def make_input(folder: Path, n_faces: int) -> list[str]:
+    """n real faces from faces-bulk, the bad files above, and a non-image file."""
+    bulk = shared("faces-bulk")
+    folder.mkdir(parents=True, exist_ok=True)
+    good = []
+    for src in sorted(bulk.glob("*.jpg"))[:n_faces]:
+        shutil.copy(src, folder / src.name)
+        good.append(src.name)
+    (folder / "bad").mkdir()
+    (folder / "bad/empty.jpg").write_bytes(b"")
+    data = (bulk / good[0]).read_bytes()
+    (folder / "bad/truncated.jpg").write_bytes(data[: len(data) // 4])
+    (folder / "bad/text.png").write_text("not a picture at all\n" * 20)
+    Image.fromarray(np.full((300, 300, 3), 200, np.uint8)).save(folder / "bad/blank.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "bad/tiny.png")
+    (folder / "README.txt").write_text("ignored")
+    return good
+
+
+def read_rows(out: Path):
+    return pq.ParquetDataset(sorted(str(p) for p in (out / "shards").glob("part-*.parquet"))).read()
+
+
+def check_output(out: Path, good: list[str], size: int):
+    table = read_rows(out)
+    rejects = pq.read_table(out / "rejects.parquet").to_pylist()
+    sources = table.column("source").to_pylist() + [r["source"] for r in rejects]
+    # every input is exactly one row or one reject
+    assert sorted(sources) == sorted(good + list(BAD))
+    assert {r["source"]: r["reason"] for r in rejects} == BAD
+    assert set(table.column("source").to_pylist()) == set(good)
+    return table, rejects
+
+
+def test_flow_local_cluster_rows_rejects_schema_and_rerun(tmp_path, prefect_server):
+    from flows.preprocess import preprocess_ffhq
+
+    good = make_input(tmp_path / "in", 36)
+    out = tmp_path / "out"
+    summary = preprocess_ffhq(input_dir=str(tmp_path / "in"), output_dir=str(out), size=128,
+                              shard_size=10, val_percent=20, workers=2)
+    table, rejects = check_output(out, good, 128)
+    assert summary["inputs"] == 41 and summary["rows"] == 36 and summary["rejects"] == 5
+    assert summary["ignored"] == 1 and summary["rejects_by_reason"]["no-face"] == 1
+    assert set(summary) >= {"inputs", "rows", "rejects", "rejects_by_reason", "ignored", "seconds",
+                            "images_per_second"}
+    # schema, metadata, row contents
+    first = pq.ParquetFile(out / "shards" / "part-00000.parquet")
+    assert first.schema_arrow.remove_metadata().equals(SHARD_SCHEMA.remove_metadata())
+    assert first.schema_arrow.metadata[b"unmask.schema_version"] == SCHEMA_VERSION.encode()
+    row = table.slice(0, 1).to_pylist()[0]
+    assert row["id"] == image_id(row["source"])
+    for col in ("image", "masked", "reference_warped", "reference_warped_raw"):
+        assert decode_png(row[col]).shape == (128, 128, 3)
+    for col in ("mask_region", "mask_rendered", "mask_segmented", "reference_valid"):
+        m = decode_png(row[col], grey=True)
+        assert m.shape == (128, 128) and set(np.unique(m)) <= {0, 255}
+    assert len(row["landmarks"]) == 956 and len(row["align_matrix"]) == 6
+    assert row["reference_kind"] == "synthetic" and row["faces"] == 1
+    image, masked = decode_png(row["image"]), decode_png(row["masked"])
+    rendered = decode_png(row["mask_rendered"], grey=True) > 0
+    assert (image[~rendered] == masked[~rendered]).all() and (image[rendered] != masked[rendered]).any()
+    splits = table.column("split").to_pylist()
+    assert set(splits) == {"train", "val"}
+    # a rerun skips every finished shard and rewrites nothing
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    again = preprocess_ffhq(input_dir=str(tmp_path / "in"), output_dir=str(out), size=128,
+                            shard_size=10, val_percent=20, workers=2)
+    assert again["shards_skipped"] == again["shards"] == 5
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    # a changed input list redoes only the shard it touches
+    os.remove(tmp_path / "in" / good[-1])
+    third = preprocess_ffhq(input_dir=str(tmp_path / "in"), output_dir=str(out), size=128,
+                            shard_size=10, val_percent=20, workers=2)
+    assert third["shards_skipped"] == 3 and third["rows"] == 35
+
+
+def test_resume_after_half_written_shard(tmp_path, prefect_server):
+    from flows.preprocess import preprocess_ffhq
+
+    good = make_input(tmp_path / "in", 14)
+    out = tmp_path / "out"
+    kw = dict(input_dir=str(tmp_path / "in"), output_dir=str(out), size=96, shard_size=8, workers=1)
+    preprocess_ffhq(**kw)
+    shards = out / "shards"
+    # shard 1 crashed while writing: a temporary file and no marker
+    (shards / "part-00001.done").unlink()
+    (shards / "part-00001.parquet").rename(shards / "part-00001.parquet.tmp")
+    with open(shards / "part-00001.parquet.tmp", "r+b") as f:
+        f.truncate(100)
+    summary = preprocess_ffhq(**kw)
+    assert summary["shards_skipped"] == summary["shards"] - 1
+    check_output(out, good, 96)
+    assert not list(shards.glob("*.tmp"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_external_cluster_survives_losing_a_worker(tmp_path, prefect_server):
+    from flows.preprocess import preprocess_ffhq
+
+    good = make_input(tmp_path / "in", 40)
+    port = _free_port()
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_API_URL": prefect_server}
+    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
+    address = f"tcp://127.0.0.1:{port}"
+    try:
+        for _ in range(2):
+            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
+                                           "--nworkers", "1", "--no-nanny", "--host", "127.0.0.1"],
+                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        victim = procs[1]
+
+        import threading
+
+        def kill_when_first_shard_lands():
+            deadline = time.time() + 120
+            while time.time() < deadline:
+                if list((tmp_path / "out" / "shards").glob("*.done")) if (tmp_path / "out" / "shards").exists() else []:
+                    break
+                time.sleep(0.2)
+            os.kill(victim.pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_when_first_shard_lands)
+        killer.start()
+        summary = preprocess_ffhq(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+                                  size=96, shard_size=5, dask_address=address)
+        killer.join()
+        assert victim.poll() is not None, "the worker was killed mid-run"
+        assert summary["inputs"] == 45
+        check_output(tmp_path / "out", good, 96)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
