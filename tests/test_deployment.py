@@ -1,0 +1,94 @@
+"""The README's Prefect path against real processes: server, work pool, deploy, worker, run."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO, shared
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError("prefect server did not become healthy")
+
+
+@pytest.mark.slow
+def test_deployment_run_through_a_real_prefect_server_and_worker(tmp_path):
+    faces = shared("faces-bulk")
+    inputs = tmp_path / "faces"
+    inputs.mkdir()
+    for src in sorted(faces.glob("*.jpg"))[:6]:
+        shutil.copy(src, inputs / src.name)
+    out = tmp_path / "shards-out"
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
+           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = None
+    try:
+        _wait_healthy(api, server)
+
+        def prefect(*args, timeout=300):
+            res = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                                 timeout=timeout)
+            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+            return res.stdout
+
+        prefect("work-pool", "create", "unmask-local", "--type", "process")
+        prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+        wlog = open(tmp_path / "worker.log", "w")
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "unmask-local"], env=env,
+                                  cwd=tmp_path, stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True)
+        prefect("deployment", "run", "preprocess-ffhq/default", "--param", f"input_dir={inputs}",
+                "--param", f"output_dir={out}", "--param", "size=96", "--param", "shard_size=3",
+                "--param", "workers=1", "--watch", "--watch-timeout", "400", timeout=450)
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["rows"] == 6 and summary["rejects"] == 0
+        assert pq.read_table(out / "shards" / "part-00000.parquet").num_rows == 3
+        assert (out / "shards" / "part-00001.done").exists()
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(server)
