@@ -112,6 +112,38 @@ def preprocess(
     console.print(f"shards in [bold]{output_dir}/shards[/]")
 
 
+@app.command()
+def train(
+    data: str = typer.Argument(..., help="A preprocess OUTPUT folder (with shards/)."),
+    steps: Optional[int] = typer.Option(None, help="Train this many steps."),
+    minutes: Optional[float] = typer.Option(None, help="Train this many minutes (with or instead of --steps)."),
+    batch_size: int = typer.Option(8, help="Faces per step (per process)."),
+    size: Optional[int] = typer.Option(None, help="128 or 256 (default: the shards' size; smaller downscales)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    run_dir: Optional[str] = typer.Option(None, help="Checkpoints folder (default $UNMASK_HOME/runs/<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --run-dir."),
+    register_as: str = typer.Option("unmask", help="Registered model name in MLflow."),
+):
+    """Train the generator, log it to MLflow, register it and gate it into `champion` (train-unmask)."""
+    from flows.runtime import prefect_api
+    from flows.train import train_unmask
+
+    if steps is None and minutes is None:
+        _fail("say how long to train: --steps N or --minutes M")
+    if resume and not run_dir:
+        _fail("--resume needs --run-dir (the folder holding step-NNNNNNN checkpoints)")
+    try:
+        with prefect_api():
+            summary = train_unmask(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size,
+                                   device=device, run_dir=run_dir, resume=resume, register_as=register_as)
+    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
+        _fail(f"{type(exc).__name__}: {exc}")
+    console.print_json(json.dumps(summary, default=str))
+    gate = summary["gate"]
+    console.print(f"model [bold]models:/{register_as}@{gate['alias']}[/] (version {gate['version']}) "
+                  f"in {summary['tracking_uri']}")
+
+
 def main() -> None:
     sys.exit(app())
 

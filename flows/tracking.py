@@ -1,0 +1,159 @@
+"""MLflow: where runs and models go, logging the generator as a pyfunc, and the registry gate."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from flows.runtime import unmask_home
+
+log = logging.getLogger("unmask.tracking")
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "unmask"
+GATE_MARGIN_DB = 0.1
+DATA_LICENCE = "non-commercial / research only (FFHQ, MaskedFace-Net: CC BY-NC-SA 4.0; other sets: research use)"
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{unmask_home() / 'mlflow.db'}"
+
+
+def setup() -> str:
+    """Point MLflow at the tracking store (checked reachable) and the `unmask` experiment."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    try:
+        exp = client.get_experiment_by_name(EXPERIMENT)
+    except Exception as exc:  # noqa: BLE001
+        raise ConnectionError(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); "
+                              "check MLFLOW_TRACKING_URI or start the server") from None
+    if exp is None:
+        location = (unmask_home() / "artifacts").as_uri() if uri.startswith("sqlite") else None
+        client.create_experiment(EXPERIMENT, artifact_location=location)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def shard_hashes(data: str) -> dict[str, str]:
+    out = {}
+    for f in sorted((Path(data) / "shards").glob("part-*.parquet")):
+        h = hashlib.sha1()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        out[f.name] = h.hexdigest()
+    return out
+
+
+def pip_requirements() -> list[str]:
+    """What the pyfunc model needs on another host: versions without local tags such as +cpu."""
+    from importlib.metadata import version
+
+    def v(name):
+        return version(name).split("+")[0]
+
+    return [f"torch=={v('torch')}", f"numpy=={v('numpy')}", f"safetensors=={v('safetensors')}",
+            f"mlflow=={v('mlflow')}"]
+
+
+def example_input(size: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    mask = np.zeros((1, 1, size, size), np.float32)
+    mask[..., size // 2:, size // 4: 3 * size // 4] = 1
+    face = rng.random((1, 3, size, size), dtype=np.float32)
+    return {"masked": face * (1 - mask), "mask": mask, "reference": face,
+            "reference_valid": np.ones_like(mask)}
+
+
+def log_generator(generator, channels: int, size: int, data_tags: dict) -> str:
+    """Log the EMA generator as a pyfunc (models-from-code); returns the model URI."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from safetensors.torch import save_model
+
+    from model.layers import count_parameters
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "generator.safetensors"
+        save_model(generator, str(weights))
+        config = Path(tmp) / "config.json"
+        config.write_text(json.dumps({"channels": channels, "size": size}))
+        example = example_input(size)
+        output = np.zeros((1, 3, size, size), np.float32)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(REPO / "model" / "pyfunc.py"),
+            artifacts={"weights": str(weights), "config": str(config)},
+            code_paths=[str(REPO / "model")],
+            input_example=example,
+            signature=infer_signature(example, output),
+            pip_requirements=pip_requirements(),
+            metadata={"parameters": count_parameters(generator), "size": size,
+                      "weights_bytes": weights.stat().st_size, **data_tags},
+        )
+    return info.model_uri
+
+
+def score_model(model_uri: str, cases: list[dict]) -> float:
+    """Hole PSNR of a logged model on the validation cases (re-scored in this run)."""
+    import mlflow
+    import torch
+
+    from model.metrics import score
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    total, n = 0.0, 0
+    for i in range(0, len(cases), 8):
+        batch = {k: torch.stack([c[k] for c in cases[i:i + 8]]) for k in cases[0]}
+        pred = model.unwrap_python_model().predict(None, {k: batch[k].numpy() for k in
+                                                          ("masked", "mask", "reference", "reference_valid")})
+        total += float(score(torch.from_numpy(pred), batch["image"], batch["mask"])["psnr_hole"].sum())
+        n += len(batch["image"])
+    return total / max(n, 1)
+
+
+def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: float, cases: list[dict]) -> dict:
+    """Register as `challenger`; promote to `champion` only when it beats both the current
+    champion (re-scored on the same cases) and the paste baseline by more than the margin."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        champion = None
+    champion_score = score_model(f"models:/{name}@champion", cases) if champion else float("-inf")
+    version = mlflow.register_model(model_uri, name)
+    client.set_registered_model_alias(name, "challenger", version.version)
+    promote = new_score > champion_score + GATE_MARGIN_DB and new_score > paste_score + GATE_MARGIN_DB
+    decision = "champion" if promote else "challenger"
+    if promote:
+        client.set_registered_model_alias(name, "champion", version.version)
+    tags = {"gate.decision": decision, "gate.new": f"{new_score:.4f}",
+            "gate.champion": f"{champion_score:.4f}" if champion else "none",
+            "gate.paste": f"{paste_score:.4f}", "training_data.licence": DATA_LICENCE}
+    for k, v in tags.items():
+        client.set_model_version_tag(name, version.version, k, v)
+    return {"name": name, "version": int(version.version), "alias": decision, **tags}

@@ -1,0 +1,94 @@
+"""The `train-unmask` flow: train, log to MLflow, register, gate into `champion`."""
+from __future__ import annotations
+
+import datetime
+import logging
+import tempfile
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows import tracking
+from flows.runtime import unmask_home
+
+
+def default_run_dir() -> str:
+    return str(unmask_home() / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def run_training(data: str, steps: int | None = None, minutes: float | None = None, batch_size: int = 8,
+                 size: int | None = None, device: str = "auto", run_dir: str | None = None,
+                 resume: bool = False, register_as: str = "unmask", **extra) -> dict:
+    """Train with MLflow tracking, then register and gate. Plain function (the flow wraps it)."""
+    import mlflow
+    import numpy as np
+    from PIL import Image
+
+    from model.data import ShardDataset, list_pieces
+    from model.train import TrainOptions, resolve_device, train
+
+    # clear errors for missing or wrong shards, or no val rows, before anything is logged
+    list_pieces(data, "train")
+    ShardDataset(data, "val", 64, train=False)
+    resolve_device(device)
+    tracking.setup()
+    opts = TrainOptions(data=str(data), steps=steps, minutes=minutes, batch_size=batch_size, size=size,
+                        device=device, run_dir=run_dir or default_run_dir(), resume=resume,
+                        register_as=register_as, **extra)
+    hashes = tracking.shard_hashes(data)
+    data_tags = {"training_data": str(Path(data).resolve()), "training_data.licence": tracking.DATA_LICENCE}
+    with mlflow.start_run(log_system_metrics=True) as run:
+        mlflow.set_tags({**data_tags, "git_commit": tracking.git_commit()})
+        mlflow.log_params({k: v for k, v in vars(opts).items() if k != "extra"})
+        mlflow.log_dict(hashes, "data/shard_hashes.json")
+        lock = tracking.REPO / "requirements.lock"
+        if lock.exists():
+            mlflow.log_artifact(str(lock), "environment")
+
+        def on_metrics(step, values):
+            mlflow.log_metrics({k.replace("/", "."): v for k, v in values.items()}, step=step)
+
+        def on_validation(step, values, grid):
+            mlflow.log_metrics({"val." + k.replace("/", "."): v for k, v in values.items()}, step=step)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"samples-{step:07d}.png"
+                Image.fromarray(np.ascontiguousarray(grid)).save(path)
+                mlflow.log_artifact(str(path), "samples")
+
+        result = train(opts, on_validation=on_validation, on_metrics=on_metrics)
+        if result["last_checkpoint"]:
+            mlflow.log_artifacts(result["last_checkpoint"], "checkpoint")
+        model_uri = tracking.log_generator(result["generator"].cpu(), opts.channels, result["size"], data_tags)
+        from model.train import validation_set
+
+        cases = validation_set(opts, result["size"])
+        gate = tracking.register_and_gate(model_uri, register_as, result["val"]["psnr_hole/model"],
+                                          result["val"]["psnr_hole/paste"], cases)
+        mlflow.set_tags({"registered_version": gate["version"], "gate.decision": gate["alias"]})
+    summary = {"run_id": run.info.run_id, "model_uri": model_uri, "tracking_uri": tracking.tracking_uri(),
+               "steps": result["step"], "run_dir": result["run_dir"], "val": result["val"], "gate": gate}
+    return summary
+
+
+@flow(name="train-unmask", log_prints=True)
+def train_unmask(data: str, steps: int | None = None, minutes: float | None = None, batch_size: int = 8,
+                 size: int | None = None, device: str = "auto", run_dir: str | None = None, resume: bool = False,
+                 register_as: str = "unmask") -> dict:
+    """Train the generator on preprocess output, register it and gate it into `champion`."""
+    logging.getLogger("unmask").setLevel(logging.INFO)
+    summary = run_training(data, steps, minutes, batch_size, size, device, run_dir, resume, register_as)
+    get_run_logger().info("registered %s version %s as %s", register_as, summary["gate"]["version"],
+                          summary["gate"]["alias"])
+    return summary
+
+
+def start_training(data: str, deployment: str = "train-unmask/default", **params) -> dict | None:
+    """After preprocessing: run the training deployment if one exists (e.g. on a GPU pool),
+    else train in this process."""
+    from prefect.deployments import run_deployment
+
+    try:
+        run = run_deployment(deployment, parameters={"data": data, **params}, timeout=0)
+        return {"deployment": deployment, "flow_run_id": str(run.id)}
+    except Exception:  # noqa: BLE001 - no such deployment here: train locally
+        return train_unmask(data=data, **({"minutes": 10.0} | params))
