@@ -39,15 +39,21 @@ def main() -> None:
 
     faces, limit = demo_faces()
     shards = OUT / "shards"
-    args = ["preprocess", str(faces), str(shards), "--shard-size", "8", "--size", "256"]
+    args = ["preprocess", str(faces), str(shards), "--shard-size", "8", "--size", "256", "--val-percent", "25"]
     if limit:
         args += ["--limit", str(limit), "--shard-size", "50"]
     console.rule("preprocess-ffhq")
     code = _run(app, args)
     if code:
         sys.exit(code)
-    console.rule("done")
     console.print(f"shards: {shards}/shards   summary: {shards}/summary.json")
+    console.rule("train-unmask (a short CPU run: it registers a model, rarely a champion)")
+    steps = os.environ.get("UNMASK_DEMO_STEPS", "20")
+    code = _run(app, ["train", str(shards), "--steps", steps, "--batch-size", "4", "--size", "128",
+                      "--run-dir", str(OUT / "run"), "--register-as", "unmask"])
+    if code:
+        sys.exit(code)
+    console.rule("done")
 
 
 def _run(app, args: list[str]) -> int:

@@ -22,8 +22,8 @@ def preprocess_shard(index: int, sources: list[str], opts: Options) -> dict:
 
 
 @flow(name="preprocess-shards")
-def _run_shards(shards: list[list[str]], opts: Options) -> list[dict]:
-    futures = [preprocess_shard.submit(i, s, opts) for i, s in enumerate(shards)]
+def _run_shards(shards: list[list[str]], opts: Options, first_index: int = 0) -> list[dict]:
+    futures = [preprocess_shard.submit(first_index + i, s, opts) for i, s in enumerate(shards)]
     return [f.result() for f in futures]
 
 
@@ -33,6 +33,28 @@ def plan(input_dir: str, shard_size: int, limit: int | None) -> tuple[list[list[
     if limit:
         images = images[:limit]
     return [images[i:i + shard_size] for i in range(0, len(images), shard_size)], ignored
+
+
+def done_shards(output_dir: str) -> dict[int, dict]:
+    """Finished shards of an output folder by index, from their markers."""
+    fs, base = storage.filesystem(output_dir)
+    out = {}
+    for path in fs.glob(storage.join(base, "shards", "part-*.done")):
+        index = int(path.rsplit("part-", 1)[1].split(".")[0])
+        out[index] = storage.read_json(fs, path)
+    return out
+
+
+def sources_of(output_dir: str, records: dict[int, dict]) -> set[str]:
+    """Every input already turned into a row or a reject."""
+    import pyarrow.parquet as pq
+
+    fs, base = storage.filesystem(output_dir)
+    seen = {r["source"] for rec in records.values() for r in rec.get("reject_rows", [])}
+    for index in records:
+        with fs.open(storage.join(base, "shards", f"part-{index:05d}.parquet"), "rb") as f:
+            seen.update(pq.read_table(f, columns=["source"]).column("source").to_pylist())
+    return seen
 
 
 @flow(name="preprocess-ffhq", log_prints=True)
@@ -50,6 +72,7 @@ def preprocess_ffhq(
     limit: int | None = None,
     max_pixels: int = MAX_PIXELS,
     train: bool = False,
+    only_new: bool = False,
 ) -> dict:
     """Preprocess a folder of faces into `output_dir/shards/part-NNNNN.parquet`; returns the summary."""
     log = get_run_logger()
@@ -63,22 +86,31 @@ def preprocess_ffhq(
                    mask_templates=mask_templates, max_pixels=max_pixels, references=references,
                    identities=idents)
     shards, ignored = plan(str(input_dir), shard_size, limit)
+    first_index, previous = 0, []
+    if only_new:  # new files go into new shards after the existing ones; old shards stay as they are
+        finished = done_shards(str(output_dir))
+        seen = sources_of(str(output_dir), finished)
+        fresh = [s for shard in shards for s in shard if s not in seen]
+        shards = [fresh[i:i + shard_size] for i in range(0, len(fresh), shard_size)]
+        first_index = max(finished, default=-1) + 1
+        previous = [{**finished[i], "skipped": True} for i in sorted(finished)]
     log.info("%d inputs in %d shards (%d other files ignored)", sum(map(len, shards)), len(shards), len(ignored))
-    records = _run_shards.with_options(task_runner=dask_runner(workers, dask_address))(shards, opts)
+    records = previous + (_run_shards.with_options(task_runner=dask_runner(workers, dask_address))(
+        shards, opts, first_index) if shards else [])
     merge_rejects(str(output_dir), records)
     by_reason: dict[str, int] = {}
     for rec in records:
         for r in rec.get("reject_rows", []):
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
     seconds = time.perf_counter() - start
-    inputs = sum(map(len, shards))
+    inputs = sum(r.get("inputs", 0) for r in records)
     summary = {
         "inputs": inputs,
         "rows": sum(r["rows"] for r in records),
         "rejects": sum(r["rejects"] for r in records),
         "rejects_by_reason": by_reason,
         "ignored": len(ignored),
-        "shards": len(shards),
+        "shards": len(records),
         "shards_skipped": sum(1 for r in records if r.get("skipped")),
         "seconds": round(seconds, 3),
         "images_per_second": round(inputs / seconds, 3) if seconds > 0 else 0.0,

@@ -73,9 +73,18 @@ def run_training(data: str, steps: int | None = None, minutes: float | None = No
 @flow(name="train-unmask", log_prints=True)
 def train_unmask(data: str, steps: int | None = None, minutes: float | None = None, batch_size: int = 8,
                  size: int | None = None, device: str = "auto", run_dir: str | None = None, resume: bool = False,
-                 register_as: str = "unmask") -> dict:
-    """Train the generator on preprocess output, register it and gate it into `champion`."""
+                 register_as: str = "unmask", input_dir: str | None = None, workers: int | None = None) -> dict:
+    """Train the generator on preprocess output, register it and gate it into `champion`.
+
+    With `input_dir` (the scheduled retraining), files added there since the last run are
+    first preprocessed into new shards of `data`; finished shards are left as they are.
+    """
     logging.getLogger("unmask").setLevel(logging.INFO)
+    if input_dir:
+        from flows.preprocess import preprocess_ffhq
+
+        summary = preprocess_ffhq(input_dir=input_dir, output_dir=data, only_new=True, workers=workers)
+        get_run_logger().info("new inputs preprocessed: %s", summary)
     summary = run_training(data, steps, minutes, batch_size, size, device, run_dir, resume, register_as)
     get_run_logger().info("registered %s version %s as %s", register_as, summary["gate"]["version"],
                           summary["gate"]["alias"])
