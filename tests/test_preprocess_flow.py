@@ -191,3 +191,27 @@ def test_external_cluster_survives_losing_a_worker(tmp_path, prefect_server):
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_only_new_files_become_new_shards(tmp_path, prefect_server):
+    from flows.preprocess import preprocess_ffhq
+
+    bulk = shared("faces-bulk")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    faces = sorted(bulk.glob("*.jpg"))[:10]
+    for src in faces[:6]:
+        shutil.copy(src, inputs / src.name)
+    out = tmp_path / "out"
+    kw = dict(input_dir=str(inputs), output_dir=str(out), size=96, shard_size=4, workers=1, only_new=True)
+    assert preprocess_ffhq(**kw)["rows"] == 6
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    for src in faces[6:]:  # new arrivals sort before and after the old files alike
+        shutil.copy(src, inputs / ("0" + src.name))
+    summary = preprocess_ffhq(**kw)
+    assert summary["rows"] == 10 and summary["inputs"] == 10
+    now = {p.name: p.stat().st_mtime_ns for p in (out / "shards").iterdir()}
+    assert all(now[name] == t for name, t in stamps.items())  # old shards untouched
+    assert sorted(set(now) - set(stamps)) == ["part-00002.done", "part-00002.parquet"]
+    sources = read_rows(out).column("source").to_pylist()
+    assert sorted(sources) == sorted([f.name for f in faces[:6]] + ["0" + f.name for f in faces[6:]])
