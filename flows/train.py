@@ -16,6 +16,18 @@ def default_run_dir() -> str:
     return str(unmask_home() / "runs" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 
+def distributed_rank() -> int:
+    """Join the torchrun process group when started by torchrun; this process's rank."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
 def run_training(data: str, steps: int | None = None, minutes: float | None = None, batch_size: int = 8,
                  size: int | None = None, device: str = "auto", run_dir: str | None = None,
                  resume: bool = False, register_as: str = "unmask", **extra) -> dict:
@@ -31,10 +43,13 @@ def run_training(data: str, steps: int | None = None, minutes: float | None = No
     list_pieces(data, "train")
     ShardDataset(data, "val", 64, train=False)
     resolve_device(device)
-    tracking.setup()
     opts = TrainOptions(data=str(data), steps=steps, minutes=minutes, batch_size=batch_size, size=size,
                         device=device, run_dir=run_dir or default_run_dir(), resume=resume,
                         register_as=register_as, **extra)
+    if distributed_rank() > 0:  # under torchrun only rank 0 talks to MLflow
+        result = train(opts)
+        return {"rank": distributed_rank(), "steps": result["step"]}
+    tracking.setup()
     hashes = tracking.shard_hashes(data)
     data_tags = {"training_data": str(Path(data).resolve()), "training_data.licence": tracking.DATA_LICENCE}
     with mlflow.start_run(log_system_metrics=True) as run:
@@ -101,3 +116,39 @@ def start_training(data: str, deployment: str = "train-unmask/default", **params
         return {"deployment": deployment, "flow_run_id": str(run.id)}
     except Exception:  # noqa: BLE001 - no such deployment here: train locally
         return train_unmask(data=data, **({"minutes": 10.0} | params))
+
+
+def main() -> None:
+    """`torchrun --nproc_per_node N -m flows.train DATA --steps S ...`: DDP training, no Prefect.
+
+    The same options as `unmask train`; rank 0 logs, checkpoints, registers and gates.
+    """
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("data")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--minutes", type=float)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--size", type=int)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--run-dir")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--register-as", default="unmask")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--val-cases", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    summary = run_training(args.data, args.steps, args.minutes, args.batch_size, args.size, args.device,
+                           args.run_dir, args.resume, args.register_as, channels=args.channels,
+                           val_cases=args.val_cases, workers=args.workers)
+    print(json.dumps(summary, default=str))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

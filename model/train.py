@@ -203,7 +203,10 @@ def train(opts: TrainOptions, on_validation: Callable[[int, dict, object], None]
         truth = b["image"] * 2 - 1
         with autocast:
             out = g_train(b["masked"], b["mask"], b["reference"], b["reference_valid"])
-            d_loss = d_hinge(d_train(truth, b["mask"]), d_train(out.result.detach(), b["mask"]))
+            # real and fake in one forward: DDP allows one forward per backward
+            logits = d_train(torch.cat([truth, out.result.detach()]), torch.cat([b["mask"], b["mask"]]))
+            d_real, d_fake = logits.chunk(2)
+            d_loss = d_hinge(d_real, d_fake)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()

@@ -174,3 +174,26 @@ def test_mlflow_server_register_gate_and_load(shards, tmp_path, monkeypatch):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_gloo(shards, tmp_path):
+    """torchrun with two CPU ranks: both train in step, rank 0 checkpoints and registers."""
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "UNMASK_HOME": str(tmp_path / "home")}
+    res = subprocess.run([str(bindir / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(_free_port()), "-m", "flows.train", str(shards), "--steps", "2",
+                          "--batch-size", "2", "--size", "64", "--device", "cpu", "--run-dir",
+                          str(tmp_path / "run"), "--channels", "16", "--val-cases", "4", "--workers", "0",
+                          "--register-as", "unmask-ddp"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert (tmp_path / "run" / "step-0000002" / "generator.safetensors").exists()
+    assert '"rank": 1' in res.stdout and '"unmask-ddp"' in res.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
