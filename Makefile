@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install demo test bench bench-preprocess bench-segment lock clean
+.PHONY: install demo test bench bench-preprocess bench-segment bench-train lock clean
 
 install: $(STAMP)
 
@@ -23,13 +23,18 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-bench: bench-segment bench-preprocess
+bench: bench-segment bench-preprocess bench-train
 
 bench-segment: install
 	$(BIN)/python -m benchmarks.bench_segment --data $(SHARED)
 
 bench-preprocess: install
 	$(BIN)/python -m benchmarks.bench_preprocess --data $(SHARED)/faces-bulk
+
+# QUALITY_MINUTES=0 skips the 30-minute quality run.
+QUALITY_MINUTES ?= 30
+bench-train: install
+	$(BIN)/python -m benchmarks.bench_train --data $(SHARED)/faces-bulk --quality-minutes $(QUALITY_MINUTES)
 
 # Re-resolve requirements.in into requirements.lock in a throwaway venv.
 lock:
