@@ -7,6 +7,7 @@ import numpy as np
 from tasks.regions import skin_ring
 
 MIN_RING_PIXELS = 50
+RING_KEEP_PERCENT = 75
 
 
 def _lab(rgb: np.ndarray) -> np.ndarray:
@@ -26,6 +27,12 @@ def match_colour(reference: np.ndarray, target: np.ndarray, landmarks: np.ndarra
         return reference.copy()
     ref_lab, tgt_lab = _lab(reference), _lab(target)
     r, t = ref_lab[ring], tgt_lab[ring]
+    # Mask remnants, hair or a hand on the target's ring are not skin the reference shows: fit on
+    # the share of ring pixels whose target-reference difference is most typical.
+    diff = t - r
+    dev = np.abs((diff - np.median(diff, axis=0)) / (diff.std(axis=0) + 1e-3)).sum(axis=1)
+    keep = dev <= np.percentile(dev, RING_KEEP_PERCENT)
+    r, t = r[keep], t[keep]
     r_mu, r_sd = r.mean(0), r.std(0) + 1e-3
     t_mu, t_sd = t.mean(0), t.std(0) + 1e-3
     # Limit the spread ratio: a ring in shadow must not blow up the reference's contrast.

@@ -1,10 +1,17 @@
-"""Mask segmentation as in the paper: k-means (k=3) inside the landmark polygon, largest cluster."""
+"""Mask segmentation and mask presence.
+
+`segment_kmeans` is the paper's method: k-means (k=3) inside the landmark polygon, largest
+cluster. `segment_mask` is the default: a skin colour model from the upper face (forehead, nose
+bridge, temples: landmarks there are visible over a mask) marks what inside a grown landmark
+polygon is unlike skin, and GrabCut, initialised from that, refines it at a small working scale.
+`has_mask` decides from the same skin model whether the lower face is covered at all.
+"""
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from tasks.regions import mask_polygon, fill_polygon
+from tasks.regions import CHIN, FACE_OVAL, NOSE_BRIDGE, fill_polygon, mask_polygon, mask_region
 
 _ATTEMPTS = 2
 _CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
@@ -60,3 +67,259 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a > 0, b > 0
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+# --- default segmenter: skin model from the upper face, GrabCut, edge re-decided at full size ------
+
+# FaceMesh eyes with their brows (subject's right eye is on the image's left): left out of the
+# skin sample, as are lashes, irises and glasses frames around them.
+RIGHT_EYE = [7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246,
+             46, 52, 53, 55, 63, 65, 66, 70, 105, 107]
+LEFT_EYE = [249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466,
+            276, 282, 283, 285, 293, 295, 296, 300, 334, 336]
+WORK_FACE_HEIGHT = 32.0   # nose bridge to chin, pixels, at which colours are modelled and GrabCut runs
+SKIN_TOP, SKIN_ABOVE = -0.55, -0.03  # skin sample: the face oval between these (nose bridge 0, chin 1)
+SKIN_WEIGHTS = np.float32([0.35, 1.0, 1.0])  # Lab: shading changes L across a face far more than a, b
+SKIN_DISTANCE = 3.0       # least Mahalanobis distance from skin that can count as mask
+SEARCH_CHIN = 0.25        # a mask reaches further under the chin than the jaw landmarks
+CORE_CHIN = 0.06          # the polygon inside which the first guess is made
+SURE_ERODE = 0.15         # the first guess, eroded by this (face heights), is certainly mask
+GRABCUT_ITERS = 2
+EDGE_BAND = 0.05          # face heights around the GrabCut edge re-decided at full resolution
+MIN_SKIN_SAMPLES = 30
+GREY_CHROMA = 2           # Lab a/b spread under which a face counts as greyscale
+
+
+def face_height(landmarks: np.ndarray) -> float:
+    return float(np.linalg.norm(landmarks[CHIN] - landmarks[NOSE_BRIDGE]))
+
+
+def _disk(size: float) -> np.ndarray:
+    k = max(3, int(size) | 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+def _down(landmarks: np.ndarray, shape) -> np.ndarray:
+    """Per pixel, how far down the face it lies: 0 at the nose bridge, 1 at the chin."""
+    top = landmarks[NOSE_BRIDGE].astype(np.float32)
+    axis = landmarks[CHIN].astype(np.float32) - top
+    axis /= float(axis @ axis) + 1e-6
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    return (xx - top[0]) * axis[0] + (yy - top[1]) * axis[1]
+
+
+def skin_region(landmarks: np.ndarray, shape) -> np.ndarray:
+    """Skin that shows even over a mask (0/255): the band from the brows down to the mask's top
+    edge (between and under the eyes, temples), eyes and brows left out. The forehead is not
+    used: fringes, hats and scarves cover it too often."""
+    region = fill_polygon(landmarks[FACE_OVAL], shape)
+    down = _down(landmarks, shape)
+    region[(down < SKIN_TOP) | (down >= SKIN_ABOVE)] = 0
+    region[fill_polygon(mask_polygon(landmarks, chin_margin=0.0), shape) > 0] = 0
+    eyes = np.zeros(shape[:2], np.uint8)
+    for idx in (RIGHT_EYE, LEFT_EYE):
+        cv2.fillConvexPoly(eyes, cv2.convexHull(np.round(landmarks[idx]).astype(np.int32)), 255)
+    eyes = cv2.dilate(eyes, _disk(0.12 * face_height(landmarks)))
+    return cv2.bitwise_and(region, cv2.bitwise_not(eyes))
+
+
+def skin_model(lab: np.ndarray, region: np.ndarray, weights: np.ndarray = SKIN_WEIGHTS):
+    """(mean, inverse covariance, weights) of weighted Lab skin, hair and shadows trimmed off;
+    None if no skin."""
+    s = lab[region > 0].astype(np.float32) * weights
+    if len(s) < MIN_SKIN_SAMPLES:
+        return None
+    med = np.median(s, axis=0)
+    dev = np.abs(s - med)
+    mad = 1.4826 * np.median(dev, axis=0) + 1.0
+    keep = np.all(dev < 2.5 * mad, axis=1)
+    if keep.sum() >= MIN_SKIN_SAMPLES:
+        s = s[keep]
+    cov = np.cov(s.T) + np.eye(3) * 4.0
+    return s.mean(axis=0), np.linalg.inv(cov).astype(np.float32), weights
+
+
+def skin_distance(lab: np.ndarray, model) -> np.ndarray:
+    """Mahalanobis distance of every pixel from the skin model."""
+    mean, icov, weights = model
+    x = lab.astype(np.float32) * weights - mean
+    return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", x, icov, x), 0))
+
+
+def _otsu(values: np.ndarray, top: float = 12.0) -> float:
+    """Otsu's threshold of distances (clipped at `top`)."""
+    v = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8).reshape(-1, 1)
+    t, _ = cv2.threshold(v, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(t) * top / 255.0
+
+
+class _Face:
+    """One face at the working scale: its box in the photo, crop, landmarks, Lab, skin distance,
+    the search region and the first guess (mask region pixels unlike skin)."""
+
+    def __init__(self, rgb: np.ndarray, landmarks: np.ndarray):
+        h, w = rgb.shape[:2]
+        self.shape = (h, w)
+        fh = max(face_height(landmarks), 1.0)
+        pts = np.vstack([mask_polygon(landmarks, chin_margin=SEARCH_CHIN), landmarks[FACE_OVAL]])
+        pad = 0.12 * fh
+        self.x0, self.y0 = (int(max(0, np.floor(v - pad))) for v in pts.min(axis=0))
+        self.x1, self.y1 = int(min(w, np.ceil(pts[:, 0].max() + pad))), int(min(h, np.ceil(pts[:, 1].max() + pad)))
+        self.ok = self.x1 - self.x0 >= 8 and self.y1 - self.y0 >= 8
+        if not self.ok:
+            return
+        crop = rgb[self.y0:self.y1, self.x0:self.x1]
+        self.scale = min(1.0, WORK_FACE_HEIGHT / fh)
+        if self.scale < 1.0:
+            crop = cv2.resize(crop, None, fx=self.scale, fy=self.scale, interpolation=cv2.INTER_AREA)
+        self.crop = np.ascontiguousarray(crop)
+        self.lm = (landmarks - np.float32([self.x0, self.y0])) * self.scale
+        shape = crop.shape
+        self.lab = cv2.cvtColor(cv2.GaussianBlur(crop, (3, 3), 0), cv2.COLOR_RGB2LAB)
+        self.skin = skin_region(self.lm, shape)
+        # a greyscale photo has no chroma: lightness is all there is to tell mask from skin
+        self.grey = float(np.abs(self.lab[..., 1:].astype(np.int16) - 128).max(initial=0)) < GREY_CHROMA
+        weights = np.float32([1.0, 1.0, 1.0]) if self.grey else SKIN_WEIGHTS
+        model = skin_model(self.lab, self.skin, weights)
+        if model is None:  # no forehead to be seen: the face's sides outside the mask polygon
+            self.skin = cv2.bitwise_and(fill_polygon(self.lm[FACE_OVAL], shape),
+                                        cv2.bitwise_not(fill_polygon(mask_polygon(self.lm, 0.1), shape)))
+            model = skin_model(self.lab, self.skin, weights)
+        self.ok = model is not None
+        if not self.ok:
+            return
+        self.distance = cv2.GaussianBlur(skin_distance(self.lab, model), (3, 3), 0)
+        self.search = cv2.dilate(fill_polygon(mask_polygon(self.lm, chin_margin=SEARCH_CHIN), shape),
+                                 _disk(0.06 * WORK_FACE_HEIGHT)) > 0
+        self.core = fill_polygon(mask_polygon(self.lm, chin_margin=CORE_CHIN), shape) > 0
+        self.threshold = max(SKIN_DISTANCE, _otsu(self.distance[self.core]))
+        self.likely = self.core & (self.distance > self.threshold)
+
+    def full_size(self, small: np.ndarray) -> np.ndarray:
+        """A working-scale map resized to the face's box in the photo."""
+        size = (self.x1 - self.x0, self.y1 - self.y0)
+        return small if small.shape[1::-1] == size else cv2.resize(small, size, interpolation=cv2.INTER_LINEAR)
+
+    def paste(self, box: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.shape, np.uint8)
+        out[self.y0:self.y1, self.x0:self.x1] = box
+        return out
+
+
+def _gmm_loglik(x: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """Log-likelihood of colours (N, 3) under a GrabCut model (1x65: 5 weights, means, covariances)."""
+    m = model.ravel()
+    out = []
+    for c in np.flatnonzero(m[:5] > 0):
+        cov = m[20 + 9 * c:29 + 9 * c].reshape(3, 3) + np.eye(3) * 0.01
+        dx = x - m[5 + 3 * c:8 + 3 * c].astype(np.float32)
+        quad = np.einsum("ni,ij,nj->n", dx, np.linalg.inv(cov).astype(np.float32), dx)
+        out.append(np.log(m[c]) - 0.5 * np.log(np.linalg.det(cov)) - 0.5 * quad)
+    ll = np.stack(out)
+    top = ll.max(axis=0)
+    return top + np.log(np.exp(ll - top).sum(axis=0))
+
+
+def _clean(binary: np.ndarray, size: float) -> np.ndarray:
+    kernel = _disk(size)
+    binary = cv2.morphologyEx(cv2.morphologyEx(binary, cv2.MORPH_OPEN, kernel), cv2.MORPH_CLOSE, kernel)
+    return _fill_holes(_largest_component(binary))
+
+
+def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Binary (0/255) mask, the default segmenter.
+
+    A skin model from the upper face marks the mask region's pixels unlike skin (Otsu's
+    threshold of the distance); GrabCut, started from that guess, learns mask and background
+    colours and cuts along edges at a small working scale; a band around its edge is then
+    re-decided by the same colour models at full resolution.
+    """
+    face = _Face(rgb, landmarks)
+    if not face.ok or face.likely.sum() < 10:
+        # no colour contrast to cut along (a greyscale photo, a skin-coloured mask): the landmark
+        # polygon, which covers where a mask sits; callers decide presence apart (has_mask)
+        return mask_region(landmarks, rgb.shape)
+    gc = np.full(face.crop.shape[:2], cv2.GC_BGD, np.uint8)
+    gc[face.search] = cv2.GC_PR_BGD
+    gc[face.likely] = cv2.GC_PR_FGD
+    gc[face.skin > 0] = cv2.GC_BGD
+    likely = np.where(face.likely, 255, 0).astype(np.uint8)
+    gc[cv2.erode(likely, _disk(SURE_ERODE * WORK_FACE_HEIGHT)) > 0] = cv2.GC_FGD
+    cv2.setRNGSeed(seed)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(face.crop, gc, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+    fg = _fill_holes(_largest_component(np.where((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)))
+    if (fg > 0).sum() < 0.3 * face.likely.sum() or not (fgd.ravel()[:5] > 0).any():
+        # GrabCut lost the mask (it can let a small, faint one go): keep the first guess
+        return face.paste(face.full_size(_clean(likely, 0.06 * WORK_FACE_HEIGHT)) > 127).astype(np.uint8) * 255
+    # full resolution: the band around GrabCut's edge goes to the likelier of its two colour models
+    up = face.full_size(fg)
+    box = rgb[face.y0:face.y1, face.x0:face.x1]
+    fh = face_height(landmarks)
+    band_kernel = _disk(EDGE_BAND * fh)
+    band = (cv2.dilate(up, band_kernel) > 127) & (cv2.erode(up, band_kernel) <= 127)
+    llr = np.where(up > 127, 4.0, -4.0).astype(np.float32)
+    colours = cv2.GaussianBlur(box, (3, 3), 0)[band].astype(np.float32)
+    llr[band] = np.clip(_gmm_loglik(colours, fgd) - _gmm_loglik(colours, bgd), -4.0, 4.0)
+    llr = cv2.GaussianBlur(llr, (0, 0), max(0.5, 0.012 * fh))
+    return face.paste(_fill_holes(_largest_component(np.where(llr > 0, 255, 0).astype(np.uint8))))
+
+
+
+# --- is there a mask at all? ------------------------------------------------------------------------
+# A logistic model over nine colour and texture contrasts between the mask region and the skin
+# sample (`mask_features`). Fitted on 300 unmasked faces-bulk faces against the same faces with
+# rendered masks (procedural and templates); `make bench-segment` measures it on other faces, on
+# MaskedFace-Net's masks and on real masked photos. Hand-fitted constants rather than a library
+# model: nine numbers need no pickle, no extra dependency and cost microseconds.
+PRESENCE_COLOUR = (  # mean, scale, coefficients, bias
+    np.float32([1.7435, 0.6041, 1.6191, 43.4199, -4.6295, 0.9899, -8.9043, -12.888, 1.0005]),
+    np.float32([0.63, 0.345, 0.5948, 41.2304, 11.2843, 0.4537, 11.0243, 14.1009, 0.3168]),
+    np.float32([1.1403, -0.1888, 2.7735, 0.5365, -1.0791, -0.5617, -2.6269, -1.7845, -0.1733]), 5.3799)
+# Greyscale photos have no chroma: a second fit on the same faces turned grey, from the features
+# left (distance, lightness, spread, edges). Weaker: see BENCHMARKS.md.
+PRESENCE_GREY = (
+    np.float32([0.9389, 0.1909, 0.8071, 42.6327, 0.0, 0.9825, 0.0, 0.0, 0.9977]),
+    np.float32([0.473, 0.2849, 0.3921, 41.1502, 1.0, 0.4512, 1.0, 1.0, 0.3206]),
+    np.float32([0.3453, -0.0969, 3.0806, -0.7332, 0.0, -1.4441, 0.0, 0.0, -0.0318]), 0.7171)
+MASK_PRESENT = 0.5        # probability above which a face counts as masked
+
+
+def mask_features(face: "_Face") -> np.ndarray | None:
+    """Contrasts of the mask region against the face's own skin: Mahalanobis distance (shading
+    discounted, and not), lightness, chroma, a and b shifts, lightness spread and edge energy."""
+    core, skin = face.core, face.skin > 0
+    if skin.sum() < MIN_SKIN_SAMPLES or core.sum() < MIN_SKIN_SAMPLES:
+        return None
+    lab = face.lab.astype(np.float32)
+    s, c = lab[skin], lab[core]
+    d = face.distance[core]
+    x = c - s.mean(axis=0)
+    full = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", x, np.linalg.inv(np.cov(s.T) + np.eye(3) * 4.0), x), 0))
+    chroma = lambda v: np.hypot(v[:, 1] - 128, v[:, 2] - 128)  # noqa: E731
+    edges = np.abs(cv2.Laplacian(lab[..., 0], cv2.CV_32F))
+    return np.float32([
+        np.log1p(np.median(d)), (d > SKIN_DISTANCE).mean(), np.log1p(np.median(full)),
+        abs(np.median(c[:, 0]) - np.median(s[:, 0])), np.median(chroma(c)) - np.median(chroma(s)),
+        c[:, 0].std() / (s[:, 0].std() + 1), np.median(c[:, 1]) - np.median(s[:, 1]),
+        np.median(c[:, 2]) - np.median(s[:, 2]), edges[core].mean() / (edges[skin].mean() + 1)])
+
+
+def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> float:
+    """Probability that the lower face is covered by a mask (0 when no skin can be seen)."""
+    face = _Face(rgb, landmarks)
+    feats = mask_features(face) if face.ok else None
+    if feats is None:
+        return 0.0
+    mean, scale, coef, bias = PRESENCE_GREY if face.grey else PRESENCE_COLOUR
+    z = float(((feats - mean) / scale) @ coef) + bias
+    return float(1.0 / (1.0 + np.exp(-z)))
+
+
+def has_mask(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[bool, float]:
+    """(does this face wear a mask?, the probability it was decided on).
+
+    k-means (and GrabCut) always return *some* region, mask or not, so presence is decided apart.
+    """
+    p = mask_probability(rgb, landmarks)
+    return p >= MASK_PRESENT, p
