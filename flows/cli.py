@@ -27,7 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True)   # progress and messages
+stdout = Console(soft_wrap=True)                  # results a script may read: plans, summaries
 
 
 @app.callback()
@@ -142,6 +143,168 @@ def train(
     gate = summary["gate"]
     console.print(f"model [bold]models:/{register_as}@{gate['alias']}[/] (version {gate['version']}) "
                   f"in {summary['tracking_uri']}")
+
+
+class _RecordProgress(_ShardProgress):
+    """A progress bar of photos, fed by the per-photo records that `unmask folder` writes."""
+
+    def __init__(self, output_dir: str, inputs: set[str]):
+        from tasks.folder import done_count
+
+        self.count = lambda: done_count(output_dir, inputs) - self.before
+        self.before = 0
+        self.before = self.count()
+        self.total, self.stop = len(inputs) - self.before, threading.Event()
+        self.progress = Progress(TextColumn("photos"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 console=console, transient=False)
+
+    def _poll(self):
+        bar = self.progress.add_task("photos", total=self.total)
+        while not self.stop.wait(0.5):
+            self.progress.update(bar, completed=min(self.total, self.count()))
+        self.progress.update(bar, completed=min(self.total, self.count()))
+
+
+@app.command()
+def folder(
+    input_dir: Path = typer.Argument(..., help="Folder of photos of masked people; searched recursively."),
+    output_dir: Path = typer.Argument(..., help="Where images/, masks/, manifest.csv, summary.json and "
+                                                "index.html go (may lie inside INPUT_DIR)."),
+    reference: Optional[Path] = typer.Option(None, help="An unmasked photo of the same person for every input, "
+                                                       "or a folder matched by relative path, then file stem."),
+    pairs: Optional[Path] = typer.Option(None, help="CSV `input,reference` (paths relative to INPUT_DIR; an "
+                                                    "empty reference means none): exactly these inputs."),
+    model: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS (default models:/unmask@champion), "
+                                                   "runs:/RUN_ID/model or a model folder."),
+    method: str = typer.Option("gan", help="gan (the trained model), paste (the colour-matched warped "
+                                           "reference) or telea (cv2.inpaint); paste and telea need no model."),
+    workers: Optional[int] = typer.Option(None, help="Local Dask worker processes (default: one per core)."),
+    dask_address: Optional[str] = typer.Option(None, help="Use an existing Dask cluster, e.g. tcp://host:8786."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs are already complete."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be done; write nothing."),
+    shard_size: int = typer.Option(16, help="Photos per task."),
+    max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse photos above this many pixels (decompression bombs)."),
+):
+    """Unmask a folder of photos: full-size results, masks, a manifest and an HTML report (unmask-folder)."""
+    from flows.folder import unmask_folder
+    from flows.runtime import prefect_api
+    from model.inference import ModelNotFound
+    from tasks.folder import plan
+
+    if not input_dir.is_dir():
+        _fail(f"input folder {input_dir} does not exist")
+    if pairs is not None and not pairs.is_file():
+        _fail(f"--pairs {pairs} does not exist")
+    if reference is not None and not reference.exists():
+        _fail(f"--reference {reference} does not exist")
+    if pairs is not None and reference is not None:
+        _fail("give either --pairs or --reference, not both")
+    try:
+        items = plan(str(input_dir), str(output_dir), str(reference) if reference else None,
+                     str(pairs) if pairs else None)
+        with prefect_api():
+            if dry_run:
+                result = unmask_folder(input_dir=str(input_dir), output_dir=str(output_dir),
+                                       reference=str(reference) if reference else None,
+                                       pairs=str(pairs) if pairs else None, model=model, method=method,
+                                       overwrite=overwrite, dry_run=True)
+                stdout.print_json(json.dumps(result))
+                return
+            with _RecordProgress(str(output_dir), {i["input"] for i in items if not i.get("status")}):
+                summary = unmask_folder(
+                    input_dir=str(input_dir), output_dir=str(output_dir),
+                    reference=str(reference) if reference else None, pairs=str(pairs) if pairs else None,
+                    model=model, method=method, workers=workers, dask_address=dask_address, overwrite=overwrite,
+                    shard_size=shard_size, max_pixels=max_pixels)
+    except ModelNotFound as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
+        _fail(f"{type(exc).__name__}: {exc}")
+    stdout.print_json(json.dumps(summary))
+    console.print(f"results in [bold]{output_dir}/images[/], report: [bold]{output_dir / 'index.html'}[/]")
+
+
+@app.command()
+def evaluate(
+    cases_dir: Path = typer.Argument(..., help="Cases folder: pairs.csv (input,reference), the masked inputs, "
+                                               "truth/ and hole/ (made by --build-cases)."),
+    output_dir: Optional[Path] = typer.Argument(None, help="Where <method>/, scores.csv, summary.json and "
+                                                           "summary.md go (optional with --build-cases)."),
+    model: Optional[str] = typer.Option(None, help="The model to score (default models:/unmask@champion; "
+                                                   "when none is found only the baselines are scored)."),
+    build_cases: bool = typer.Option(False, "--build-cases", help="Make cases in CASES_DIR from --data first "
+                                                                  "(then evaluate when OUTPUT_DIR is given)."),
+    data: Path = typer.Option(Path("../shared/data"), help="Shared data folder (identity-pairs/, faces-bulk/, "
+                                                           "mask-templates/) for --build-cases."),
+    count: int = typer.Option(100, help="Cases per source (identity-pairs, faces-bulk) for --build-cases."),
+    seed: int = typer.Option(0, help="Seed for choosing photos, masks and synthetic references."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated subset of gan,paste,paste-raw,telea,"
+                                                     "navier-stokes (default: all)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo results already in OUTPUT_DIR."),
+    write_benchmarks: bool = typer.Option(False, "--write-benchmarks", help="Write the `evaluate` section of "
+                                                                            "BENCHMARKS.md (make bench-evaluate)."),
+):
+    """Score the model and the baselines on cases with truth: PSNR/SSIM/L1 on the hole and the face, mask IoU."""
+    from rich.progress import Progress as _Progress
+
+    from model.inference import ModelNotFound
+    from tasks.evaluate import build_cases as _build, evaluate as _evaluate, rich_table
+
+    if build_cases:
+        if count < 1:
+            _fail("--count must be at least 1")
+        try:
+            with _Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), console=console) as bar:
+                tasks_ = {}
+
+                def tick(source, done, total):
+                    if source not in tasks_:
+                        tasks_[source] = bar.add_task(f"cases {source}", total=total)
+                    bar.update(tasks_[source], completed=done)
+
+                info = _build(data, cases_dir, count=count, seed=seed, progress=tick)
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
+            _fail(f"{type(exc).__name__}: {exc}")
+        console.print_json(json.dumps(info))
+        console.print(f"cases in [bold]{cases_dir}[/] (pairs.csv, truth/, hole/)")
+        if output_dir is None:
+            return
+    elif output_dir is None:
+        _fail("give OUTPUT_DIR (or --build-cases to make cases in CASES_DIR)")
+    if not (cases_dir / "pairs.csv").is_file():
+        _fail(f"{cases_dir / 'pairs.csv'} does not exist: make cases with `unmask evaluate --build-cases {cases_dir}`")
+    wanted = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    try:
+        with _Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       console=console) as bar:
+            tasks_ = {}
+
+            def step(method, done, total):
+                if method not in tasks_:
+                    tasks_[method] = bar.add_task(method, total=total)
+                bar.update(tasks_[method], completed=done)
+
+            summary = _evaluate(cases_dir, output_dir, model=model, methods=wanted, overwrite=overwrite,
+                                write_benchmarks=write_benchmarks, progress=step)
+    except ModelNotFound as exc:
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
+        _fail(f"{type(exc).__name__}: {exc}")
+    Console(soft_wrap=True, width=max(Console().width, 132)).print(rich_table(summary))
+    for m, s in summary["methods"].items():
+        if s["errors"]:
+            console.print(f"[yellow]{m}: {s['errors']} case(s) failed and were scored as the masked input, "
+                          f"e.g. {s['first_error']}[/]")
+    if summary.get("mask_iou") == summary.get("mask_iou"):  # not NaN
+        console.print(f"mask IoU (found vs rendered hole): {summary['mask_iou']:.3f}")
+    if summary.get("model_note"):
+        console.print(f"[yellow]{summary['model_note']}[/]")
+    console.print(f"scores in [bold]{output_dir / 'scores.csv'}[/], summary [bold]{output_dir / 'summary.json'}[/]"
+                  f", MLflow run {summary.get('mlflow_run_id')}"
+                  + (", BENCHMARKS.md section `evaluate` written" if write_benchmarks else ""))
 
 
 def main() -> None:

@@ -53,7 +53,39 @@ def main() -> None:
                       "--run-dir", str(OUT / "run"), "--register-as", "unmask"])
     if code:
         sys.exit(code)
+    console.rule("unmask-folder (masks drawn on the demo faces; the unmasked originals as references)")
+    masked, alias = demo_masked_set(faces, limit), registered_alias("unmask")
+    results = OUT / "unmasked"
+    code = _run(app, ["folder", str(masked), str(results), "--reference", str(faces),
+                      "--model", f"models:/unmask@{alias}", "--shard-size", "8"])
+    if code:
+        sys.exit(code)
     console.rule("done")
+    console.print(f"report: [bold]{results / 'index.html'}[/]  (open it in a browser)")
+
+
+def demo_masked_set(faces: Path, limit: int | None) -> Path:
+    """Masks rendered onto (a few of) the demo faces, whole photos, same file stems."""
+    from tasks.fixtures import write_masked_set
+    from tasks.images import list_inputs
+
+    photos = [faces / rel for rel in list_inputs(faces)[0][: min(limit or 24, 24)]]
+    folder = OUT / "masked"
+    made = write_masked_set(photos, folder, seed=1)
+    console.print(f"{len(made)} masked demo photos in {folder}")
+    return folder
+
+
+def registered_alias(name: str) -> str:
+    """The alias of the version the demo's training just registered: champion if it passed the gate."""
+    from mlflow.tracking import MlflowClient
+
+    from flows import tracking
+
+    tracking.setup()
+    versions = MlflowClient().search_model_versions(f"name='{name}'")
+    newest = max(versions, key=lambda v: int(v.version))
+    return "champion" if "champion" in (newest.aliases or []) else "challenger"
 
 
 def _run(app, args: list[str]) -> int:

@@ -124,11 +124,8 @@ def preprocess_ffhq(
 
 
 def trigger_training(output_dir: str) -> None:
-    """Hook for `--train`: starts `train-unmask` on the new shards once that flow exists."""
-    log = get_run_logger()
-    try:
-        from flows.train import start_training  # added with the training flow
-    except ImportError:
-        log.warning("--train: the train-unmask flow is not part of this version; shards are in %s", output_dir)
-        return
-    start_training(output_dir)
+    """`--train`: start `train-unmask` on the new shards (its deployment when there is one)."""
+    from flows.train import start_training
+
+    started = start_training(output_dir)
+    get_run_logger().info("--train: %s", started)

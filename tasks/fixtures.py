@@ -50,3 +50,47 @@ def write_demo_faces(folder: Path, n: int = 24, seed: int = 0) -> list[Path]:
             tmp.rename(path)
         paths.append(path)
     return paths
+
+
+def mask_photo(photo: np.ndarray, rng: np.random.Generator, templates=None, size: int = 256):
+    """A whole photo with a rendered mask on its largest face, and the mask at photo size (0/255).
+
+    The mask is drawn on the aligned crop and warped back, so the photo keeps its own size and
+    framing: a test case with ground truth for the full-resolution pipeline. None without a face.
+    """
+    from tasks.align import align_face
+    from tasks.landmarks import detect_faces
+    from tasks.render import render_mask
+
+    faces = detect_faces(photo)
+    if not faces:
+        return None
+    crop, lm, matrix = align_face(photo, faces[0], size)
+    masked, mask = render_mask(crop, lm, rng, templates)
+    h, w = photo.shape[:2]
+    inv = cv2.invertAffineTransform(matrix)
+    back = cv2.warpAffine(masked, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    hole = cv2.warpAffine(mask, inv, (w, h), flags=cv2.INTER_LINEAR) > 127
+    out = photo.copy()
+    out[hole] = back[hole]
+    return out, hole.astype(np.uint8) * 255
+
+
+def write_masked_set(faces: list[Path], masked_dir: Path, seed: int = 0, templates=None) -> list[Path]:
+    """Masked versions of face photos (same relative names, PNG) for the demo and tests."""
+    from tasks.images import load_rgb
+
+    masked_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for path in faces:
+        target = masked_dir / (path.stem + ".png")
+        if not target.exists():
+            made = mask_photo(load_rgb(path), rng, templates)
+            if made is None:
+                continue
+            tmp = target.with_name(target.stem + ".tmp.png")
+            cv2.imwrite(str(tmp), cv2.cvtColor(made[0], cv2.COLOR_RGB2BGR))
+            tmp.rename(target)
+        out.append(target)
+    return out

@@ -57,6 +57,24 @@ def test_deployment_run_through_a_real_prefect_server_and_worker(tmp_path):
         assert summary["rows"] == 6 and summary["rejects"] == 0
         assert pq.read_table(out / "shards" / "part-00000.parquet").num_rows == 3
         assert (out / "shards" / "part-00001.done").exists()
+
+        # the bulk unmasking deployment, on photos with a rendered mask
+        import numpy as np
+        from PIL import Image
+
+        from tasks.fixtures import astronaut, mask_photo
+
+        photos = tmp_path / "masked"
+        photos.mkdir()
+        Image.fromarray(mask_photo(astronaut(), np.random.default_rng(1))[0]).save(photos / "one.png")
+        Image.fromarray(astronaut()).save(photos / "bare.png")
+        results = tmp_path / "unmasked"
+        prefect("deployment", "run", "unmask-folder/default", "--param", f"input_dir={photos}",
+                "--param", f"output_dir={results}", "--param", "method=telea", "--param", "workers=1",
+                "--watch", "--watch-timeout", "400", timeout=450)
+        counts = json.loads((results / "summary.json").read_text())["counts"]
+        assert counts["ok"] == 1 and counts["no-mask"] == 1
+        assert (results / "images" / "one.png").exists() and (results / "index.html").exists()
     finally:
         if worker is not None:
             _stop(worker)

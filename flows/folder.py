@@ -1,0 +1,121 @@
+"""The `unmask-folder` flow: a folder of masked photos in, rebuilt photos, masks, manifest and report out."""
+from __future__ import annotations
+
+import time
+
+from prefect import flow, get_run_logger, task
+
+from flows.runtime import dask_runner
+from tasks.folder import (BASELINES, METHODS, FolderOptions, plan, preset_row, process_items, summarise, write_manifest,
+                          write_summary)
+from tasks.images import MAX_PIXELS
+
+SUMMARY_ARTIFACT = "unmask-folder-summary"
+
+
+@task(name="unmask-shard", retries=1, retry_delay_seconds=1)
+def unmask_shard(index: int, items: list[dict], opts: FolderOptions) -> list[dict]:
+    """One shard of photos; returns their manifest rows (small records, never arrays)."""
+    from tasks.threads import pin_threads
+
+    pin_threads(1)
+    return process_items(items, opts)
+
+
+@flow(name="unmask-shards")
+def _run_shards(shards: list[list[dict]], opts: FolderOptions) -> list[dict]:
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.futures import as_completed
+
+    progress = create_progress_artifact(0.0, key="unmask-folder-progress",
+                                        description=f"photos unmasked into {opts.output_dir}")
+    total = sum(len(s) for s in shards)
+    futures = [unmask_shard.submit(i, s, opts) for i, s in enumerate(shards)]
+    rows, done = [], 0
+    for fut in as_completed(futures):
+        part = fut.result()
+        rows.extend(part)
+        done += len(part)
+        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+    return rows
+
+
+def resolve(method: str, model: str | None, output_dir: str, input_dir: str, overwrite: bool,
+            max_pixels: int) -> FolderOptions:
+    """Options with the model pinned to a version (raises ModelNotFound when there is none)."""
+    from flows.tracking import tracking_uri
+
+    if method not in METHODS + BASELINES:
+        raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS)}")
+    opts = FolderOptions(input_dir=str(input_dir), output_dir=str(output_dir), method=method,
+                         overwrite=overwrite, max_pixels=max_pixels)
+    if method == "gan":
+        from model.inference import resolve_model
+
+        ref = resolve_model(model, tracking_uri())
+        opts.model_uri, opts.model_asked, opts.model_version = ref.uri, ref.asked, ref.version
+        opts.tracking_uri = ref.tracking_uri
+    return opts
+
+
+def markdown_summary(summary: dict, rows: list[dict], output_dir: str) -> str:
+    lines = [f"# unmask-folder: {summary['inputs']} photos", "",
+             f"Output: `{output_dir}`; report: `{output_dir}/index.html`; method `{summary['method']}`"
+             + (f", model `{summary['model_uri']}`" if summary.get("model_uri") else ""), "",
+             "| status | photos |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary["counts"].items() if v]
+    lines += ["", f"{summary['processed']} processed in {summary['seconds']} s "
+              f"({summary['photos_per_second']} photos/s), {summary['skipped']} already done."]
+    failed = [r for r in rows if r["status"] == "error"][:50]
+    if failed:
+        lines += ["", "| failed input | reason |", "|---|---|"]
+        lines += [f"| {r['input'].replace('|', '/')} | {r['reason']} |" for r in failed]
+    return "\n".join(lines)
+
+
+@flow(name="unmask-folder", log_prints=True)
+def unmask_folder(
+    input_dir: str,
+    output_dir: str,
+    reference: str | None = None,
+    pairs: str | None = None,
+    model: str | None = None,
+    method: str = "gan",
+    workers: int | None = None,
+    dask_address: str | None = None,
+    overwrite: bool = False,
+    dry_run: bool = False,
+    shard_size: int = 16,
+    max_pixels: int = MAX_PIXELS,
+) -> dict:
+    """Unmask every photo under `input_dir` into `output_dir`; returns the summary (or the plan)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    from tasks.folder import is_done
+    from tasks.report import write_report
+
+    log = get_run_logger()
+    start = time.perf_counter()
+    opts = resolve(method, model, output_dir, input_dir, overwrite, max_pixels)
+    items = plan(str(input_dir), str(output_dir), reference, pairs)
+    preset = [preset_row(i) for i in items if i.get("status")]
+    work = [i for i in items if not i.get("status")]
+    if dry_run:
+        todo = [i for i in work if is_done(i, opts) is None]
+        return {"dry_run": True, "inputs": len(items), "to_do": [i["input"] for i in todo],
+                "already_done": len(work) - len(todo), "answered_without_reading": [
+                    {"input": r["input"], "reason": r["reason"]} for r in preset],
+                "method": method, "model_uri": opts.model_uri}
+    log.info("%d photos (%d answered without reading) into %s", len(items), len(preset), output_dir)
+    shards = [work[i:i + shard_size] for i in range(0, len(work), shard_size)]
+    rows = list(preset)
+    if shards:
+        rows += _run_shards.with_options(task_runner=dask_runner(workers, dask_address))(shards, opts)
+    summary = summarise(rows, time.perf_counter() - start, opts)
+    write_manifest(str(output_dir), rows)
+    write_summary(str(output_dir), summary)
+    report = write_report(str(input_dir), str(output_dir), rows, summary)
+    create_markdown_artifact(markdown_summary(summary, rows, str(output_dir)), key=SUMMARY_ARTIFACT,
+                             description="unmask-folder summary")
+    log.info("summary: %s; report %s", summary["counts"], report)
+    return summary

@@ -1,0 +1,407 @@
+"""Bulk unmasking of a folder: planning the inputs, one shard of photos, the manifest.
+
+Plain functions (no Prefect). Only paths and small records cross between planner and
+shards. Each finished input leaves a record (`OUTPUT/.unmask/records/<id>.json`, written
+after its image and mask), so a rerun skips what is complete and a crash loses nothing.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import time
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from pydantic import BaseModel
+
+from tasks import storage
+from tasks.errors import Reject
+from tasks.images import MAX_PIXELS, is_image_name
+
+STATUSES = ("ok", "no-face", "no-mask", "no-reference-face", "error")
+MANIFEST_COLUMNS = ("input", "reference", "output", "status", "reason", "faces", "faces_rebuilt", "seconds")
+METHODS = ("gan", "paste", "telea")
+# Further baselines that `unmask evaluate` scores: the raw (not colour-matched) paste, Navier-Stokes.
+BASELINES = ("paste-raw", "navier-stokes")
+RECORDS = ".unmask/records"
+
+
+class FolderOptions(BaseModel):
+    """What a shard needs besides its items; small enough to ship to every task."""
+
+    input_dir: str
+    output_dir: str
+    method: str = "gan"
+    model_uri: str | None = None       # pinned: models:/NAME/VERSION, runs:/..., or a folder
+    model_asked: str | None = None
+    model_version: str | None = None
+    tracking_uri: str | None = None
+    size: int = 256
+    overwrite: bool = False
+    max_pixels: int = MAX_PIXELS
+    group: int = 8                     # photos whose faces go through the generator together
+
+
+def item_id(rel: str) -> str:
+    return hashlib.sha1(rel.encode()).hexdigest()[:16]
+
+
+def output_of(rel: str) -> str:
+    return PurePosixPath(rel).with_suffix(".png").as_posix()
+
+
+def _row(rel: str, reference: str = "", status: str = "error", reason: str = "", output: str = "") -> dict:
+    return {"input": rel, "reference": reference, "output": output, "status": status, "reason": reason,
+            "faces": 0, "faces_rebuilt": 0, "seconds": 0.0}
+
+
+# --- planning --------------------------------------------------------------------------------------
+
+def _inside(root: Path, path: Path) -> bool:
+    """True when path (links followed) lies inside root: no `..`, no absolute paths, no links out."""
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def list_folder(input_dir: str, output_dir: str) -> tuple[list[str], list[str]]:
+    """(image inputs, rejected-as-outside) under input_dir, recursively, sorted; the output folder
+    is never listed, even when it lies inside the input folder."""
+    fs, base = storage.filesystem(input_dir)
+    base = base.rstrip("/")
+    if not fs.isdir(base):
+        raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    out_fs, out_base = storage.filesystem(output_dir)
+    out_base = out_base.rstrip("/")
+    local = _is_local(input_dir)
+    root = Path(base)
+    images, outside = [], []
+    for path in fs.find(base):
+        if path == out_base or path.startswith(out_base + "/"):
+            continue
+        rel = path[len(base):].lstrip("/")
+        if not is_image_name(rel):
+            continue
+        if local and not _inside(root, root / rel):
+            outside.append(rel)
+        else:
+            images.append(rel)
+    return sorted(images), sorted(outside)
+
+
+def _reference_index(ref_dir: Path) -> dict[str, list[Path]]:
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(ref_dir.rglob("*")):
+        if p.is_file() and is_image_name(p.name):
+            by_stem.setdefault(p.stem, []).append(p)
+    return by_stem
+
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """Rows of a pairs CSV (`input,reference`), exact duplicates dropped, order kept."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "input" not in reader.fieldnames:
+            raise ValueError(f"{path}: a pairs CSV needs the columns input,reference")
+        seen, rows = set(), []
+        for r in reader:
+            row = ((r.get("input") or "").strip(), (r.get("reference") or "").strip())
+            if row[0] and row not in seen:
+                seen.add(row)
+                rows.append(row)
+    return rows
+
+
+def _safe_rel(root: Path, rel: str) -> bool:
+    p = PurePosixPath(rel)
+    return not p.is_absolute() and ".." not in p.parts and _inside(root, root / rel)
+
+
+def plan(input_dir: str, output_dir: str, reference: str | None = None, pairs: str | None = None) -> list[dict]:
+    """One item per input: {input, reference, reference_path, output, status?, reason?}.
+
+    Items with a status already set (outside-input, output-collision, reference-missing,
+    input-missing) are answered without being read.
+    """
+    root = Path(input_dir)
+    items: list[dict] = []
+    if pairs:
+        rows = read_pairs(pairs)
+        for rel, ref in rows:
+            item = {"input": rel, "reference": ref, "reference_path": None}
+            if not _safe_rel(root, rel) or (ref and not _safe_rel(root, ref)):
+                item.update(status="error", reason="outside-input")
+            elif not (root / rel).is_file():
+                item.update(status="error", reason="input-missing")
+            elif ref and not (root / ref).is_file():
+                item.update(status="error", reason="reference-missing")
+            elif ref:
+                item["reference_path"] = str(root / ref)
+            items.append(item)
+    else:
+        images, outside = list_folder(input_dir, output_dir)
+        items = [{"input": rel, "reference": "", "reference_path": None} for rel in images]
+        items += [{"input": rel, "reference": "", "reference_path": None, "status": "error",
+                   "reason": "outside-input"} for rel in outside]
+        if reference:
+            _attach_references(items, Path(reference))
+    by_output: dict[str, list[dict]] = {}
+    for item in items:
+        item["output"] = output_of(item["input"])
+        if item.get("reason") != "outside-input":
+            by_output.setdefault(item["output"].lower(), []).append(item)
+    for group in by_output.values():  # a.jpg and a.png would both become images/a.png
+        if len(group) > 1:
+            for item in group:
+                item.update(status="error", reason="output-collision")
+    return sorted(items, key=lambda i: (i["input"], i["reference"]))
+
+
+def _attach_references(items: list[dict], ref: Path) -> None:
+    """--reference FILE for all; --reference DIR by relative path first, then by file stem.
+    An input without a match in DIR is rebuilt without a reference (reason reference-missing)."""
+    if ref.is_file():
+        for item in items:
+            item["reference"], item["reference_path"] = str(ref), str(ref)
+        return
+    index = _reference_index(ref)
+    for item in items:
+        if item.get("status"):
+            continue
+        same = ref / item["input"]
+        match = same if same.is_file() else next(iter(index.get(PurePosixPath(item["input"]).stem, [])), None)
+        if match is None:
+            item["reason"] = "reference-missing"
+        else:
+            item["reference"], item["reference_path"] = match.relative_to(ref).as_posix(), str(match)
+
+
+# --- records and resume ----------------------------------------------------------------------------
+
+def _fingerprint(path: str | None) -> list | None:
+    if not path:
+        return None
+    fs, p = storage.filesystem(path)
+    try:
+        info = fs.info(p)
+    except FileNotFoundError:
+        return None
+    return [info.get("size"), info.get("mtime") or info.get("LastModified") and str(info["LastModified"])]
+
+
+def record_path(output_dir: str, rel: str) -> str:
+    return storage.join(storage.filesystem(output_dir)[1], RECORDS, item_id(rel) + ".json")
+
+
+def is_done(item: dict, opts: FolderOptions) -> dict | None:
+    """The finished row of an item when its record and outputs are complete and its input unchanged."""
+    if opts.overwrite:
+        return None
+    fs, base = storage.filesystem(opts.output_dir)
+    path = record_path(opts.output_dir, item["input"])
+    if not fs.exists(path):
+        return None
+    rec = storage.read_json(fs, path)
+    in_path = storage.join(storage.filesystem(opts.input_dir)[1], item["input"])
+    if rec.get("fingerprint") != _fingerprint(in_path) or rec.get("reference_path") != item.get("reference_path"):
+        return None
+    row = rec["row"]
+    if row["output"] and not (fs.exists(storage.join(base, row["output"]))
+                              and fs.exists(storage.join(base, "masks", item["output"]))):
+        return None
+    return row
+
+
+def done_count(output_dir: str, rels: set[str]) -> int:
+    """How many of these inputs have a record: what the command line's progress bar shows."""
+    fs, base = storage.filesystem(output_dir)
+    ids = {item_id(r) for r in rels}
+    try:
+        names = fs.ls(storage.join(base, RECORDS), detail=False)
+    except FileNotFoundError:
+        return 0
+    return sum(1 for n in names if n.rsplit("/", 1)[-1].removesuffix(".json") in ids)
+
+
+# --- one shard -------------------------------------------------------------------------------------
+
+def _software() -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"unmask {version('unmask')}"
+    except Exception:  # noqa: BLE001 - not installed as a package
+        return "unmask"
+
+
+def _load_method(opts: FolderOptions):
+    """(fill function, crop size) for the method; the generator loads once per process."""
+    from tasks import unmask
+
+    if opts.method == "gan":
+        from model.inference import load_generator
+
+        generator, device, size = load_generator(opts.model_uri, opts.tracking_uri or "")
+        return (lambda jobs: unmask.fill_generator(jobs, generator, device)), size
+    if opts.method == "paste":
+        return unmask.fill_paste, opts.size
+    if opts.method == "telea":
+        return unmask.fill_telea, opts.size
+    if opts.method == "paste-raw":
+        return (lambda jobs: unmask.fill_paste(jobs, raw=True)), opts.size
+    if opts.method == "navier-stokes":
+        return (lambda jobs: unmask.fill_telea(jobs, ns=True)), opts.size
+    raise ValueError(f"unknown method {opts.method!r}: use one of {METHODS + BASELINES}")
+
+
+def process_items(items: list[dict], opts: FolderOptions, timings: dict | None = None) -> list[dict]:
+    """Unmask a shard of inputs (skipping finished ones); returns their manifest rows."""
+    from tasks import unmask
+
+    timings = {} if timings is None else timings
+    in_fs, in_base = storage.filesystem(opts.input_dir)
+    out_fs, out_base = storage.filesystem(opts.output_dir)
+    out_fs.makedirs(storage.join(out_base, RECORDS), exist_ok=True)
+    fill, size = _load_method(opts)
+    rows = []
+    todo = []
+    for item in items:
+        row = is_done(item, opts)
+        if row is not None:
+            rows.append({**row, "skipped": True})
+        else:
+            todo.append(item)
+    for start in range(0, len(todo), opts.group):
+        group = []
+        for item in todo[start:start + opts.group]:
+            t0 = time.perf_counter()
+            row = _row(item["input"], item.get("reference", ""), "ok", item.get("reason", ""))
+            try:
+                s = time.perf_counter()
+                data = in_fs.cat_file(storage.join(in_base, item["input"]))
+                photo = unmask.load_photo(data, opts.max_pixels)
+                s = unmask._lap(timings, "decode", s)
+                ref_bytes = None
+                if item.get("reference_path"):
+                    try:
+                        ref_bytes = storage.filesystem(item["reference_path"])[0].cat_file(
+                            storage.filesystem(item["reference_path"])[1])
+                    except (OSError, FileNotFoundError):
+                        raise Reject("reference-missing", item["reference_path"]) from None
+                jobs, res = unmask.prepare_faces(photo, size, ref_bytes, timings)
+                if item.get("reason") == "reference-missing" and res.status == "ok":
+                    res.reason = "reference-missing"
+                group.append((item, row, photo, jobs, res, time.perf_counter() - t0))
+            except Reject as rej:
+                row.update(status="error", reason=rej.reason)
+                _finish(item, row, None, None, opts, time.perf_counter() - t0, timings)
+                rows.append(row)
+            except Exception as exc:  # noqa: BLE001 - one bad photo must not sink its shard
+                row.update(status="error", reason="corrupt")
+                row["detail"] = f"{type(exc).__name__}: {exc}"
+                _finish(item, row, None, None, opts, time.perf_counter() - t0, timings)
+                rows.append(row)
+        s = time.perf_counter()
+        all_jobs = [j for g in group for j in g[3]]
+        if all_jobs:
+            fill(all_jobs)
+        unmask._lap(timings, "fill", s)
+        # the fill ran once for the whole group: each photo is charged its faces' share
+        share = (time.perf_counter() - s) / max(len(all_jobs), 1)
+        for item, row, photo, jobs, res, spent in group:
+            if jobs:
+                native, found = unmask.paste_back(photo, jobs, timings)
+            else:  # no face, or no masked face: the same pixels, an empty mask
+                native, found = photo.native, np.zeros(photo.rgb.shape[:2], np.uint8)
+            row.update(status=res.status, reason=res.reason or row["reason"], faces=res.faces,
+                       faces_rebuilt=len(jobs))
+            _finish(item, row, (native, found), photo, opts, spent + share * len(jobs), timings)
+            rows.append(row)
+    return rows
+
+
+def _finish(item: dict, row: dict, images, photo, opts: FolderOptions, spent: float, timings: dict) -> None:
+    """Write the photo and its mask (when there are outputs), then the record that marks it done.
+    `spent`: seconds this photo already cost before (its share of the group's fill included)."""
+    fs, base = storage.filesystem(opts.output_dir)
+    s = time.perf_counter()
+    if images is not None:
+        from tasks import unmask
+
+        native, found = images
+        text = {"Software": _software(), "unmask:method": opts.method}
+        if opts.method == "gan":
+            text["unmask:model"] = f"{opts.model_asked} -> {opts.model_uri}" + (
+                f" (version {opts.model_version})" if opts.model_version else "")
+        out = storage.join(base, "images", item["output"])
+        mask = storage.join(base, "masks", item["output"])
+        for path in (out, mask):
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        storage.write_bytes_atomic(fs, mask, unmask.encode_mask(found))
+        storage.write_bytes_atomic(fs, out, unmask.encode_photo(native, photo.mode, photo.icc, text))
+        row["output"] = "images/" + item["output"]
+        from tasks.report import write_thumbnails  # while the pixels are in memory: the report decodes nothing
+
+        write_thumbnails(opts.output_dir, item["input"], photo.rgb, found, native, row["status"])
+    row["seconds"] = round(spent + time.perf_counter() - s, 4)
+    rec = {"row": row, "fingerprint": _fingerprint(storage.join(storage.filesystem(opts.input_dir)[1],
+                                                                 item["input"])),
+           "reference_path": item.get("reference_path")}
+    storage.write_json_atomic(fs, record_path(opts.output_dir, item["input"]), rec)
+    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - s
+
+
+# --- manifest and summary --------------------------------------------------------------------------
+
+def preset_row(item: dict) -> dict:
+    """The row of an item answered at planning time (collision, outside the input folder, ...)."""
+    return {**_row(item["input"], item.get("reference", ""), item["status"], item.get("reason", "")),
+            "preset": True}
+
+
+def write_manifest(output_dir: str, rows: list[dict]) -> str:
+    """manifest.csv: UTF-8, RFC 4180 (CRLF, quotes where needed), one row per input, sorted."""
+    fs, base = storage.filesystem(output_dir)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for r in sorted(rows, key=lambda r: (r["input"], r["reference"])):
+        writer.writerow(r)
+    path = storage.join(base, "manifest.csv")
+    storage.write_bytes_atomic(fs, path, buf.getvalue().encode("utf-8"))
+    return path
+
+
+def summarise(rows: list[dict], seconds: float, opts: FolderOptions, duplicates: int = 0) -> dict:
+    counts = {s: 0 for s in STATUSES}
+    for r in rows:
+        counts[r["status"]] += 1
+    fresh = [r for r in rows if not r.get("skipped") and not r.get("preset")]
+    return {
+        "inputs": len(rows),
+        "counts": counts,
+        "faces": sum(int(r["faces"]) for r in rows),
+        "faces_rebuilt": sum(int(r["faces_rebuilt"]) for r in rows),
+        "processed": len(fresh),
+        "skipped": sum(1 for r in rows if r.get("skipped")),
+        "seconds": round(seconds, 3),
+        "photos_per_second": round(len(fresh) / seconds, 3) if seconds > 0 else 0.0,
+        "method": opts.method,
+        "model": opts.model_asked if opts.method == "gan" else None,
+        "model_uri": opts.model_uri if opts.method == "gan" else None,
+        "model_version": opts.model_version if opts.method == "gan" else None,
+    }
+
+
+def write_summary(output_dir: str, summary: dict) -> None:
+    fs, base = storage.filesystem(output_dir)
+    storage.write_bytes_atomic(fs, storage.join(base, "summary.json"),
+                               json.dumps(summary, indent=2, sort_keys=True).encode())

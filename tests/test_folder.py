@@ -1,0 +1,317 @@
+"""Bulk unmasking: per-photo behaviour, bad inputs, resume, pairs, and the real command."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from tasks.fixtures import astronaut, mask_photo
+from tasks.folder import FolderOptions, plan, preset_row, process_items, write_manifest
+
+MARKUP = "<img src=x onerror=alert(1)>.png"
+
+
+@pytest.fixture(scope="module")
+def masked_astronaut():
+    made = mask_photo(astronaut(), np.random.default_rng(3))
+    assert made is not None
+    return made
+
+
+def _png(path: Path, img: Image.Image, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **kw)
+    return path
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture
+def photo_folder(tmp_path, masked_astronaut):
+    """A folder of real photos in every awkward form, next to bad files."""
+    masked, _ = masked_astronaut
+    inp = tmp_path / "in"
+    img = Image.fromarray(masked)
+    _png(inp / "masked.png", img)
+    _png(inp / "sub" / "deep.png", img)
+    _png(inp / "été photo.png", img)
+    _png(inp / MARKUP, img)
+    _png(inp / "grey.png", img.convert("L"))
+    rgba = img.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(img.size))
+    _png(inp / "rgba.png", rgba)
+    _png(inp / "sixteen.png", Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257))
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    _png(inp / "profile.png", img, icc_profile=srgb)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
+    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0)}  # GPS position: must not reach the output
+    _png(inp / "rotated.jpg", img.rotate(90, expand=True), exif=exif.tobytes(), quality=95)
+    _png(inp / "bare.png", Image.fromarray(astronaut()))
+    _png(inp / "blank.png", Image.new("RGB", (300, 300), (128, 128, 128)))
+    _png(inp / "tiny.png", Image.new("RGB", (8, 8), (128, 60, 60)))
+    (inp / "empty.jpg").write_bytes(b"")
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG")
+    (inp / "truncated.jpg").write_bytes(buf.getvalue()[:2000])
+    (inp / "text.png").write_text("not a picture\n" * 20)
+    _png(inp / "twin.jpg", img)
+    _png(inp / "twin.png", img)
+    (inp / "notes.txt").write_text("ignored")
+    ref = _png(tmp_path / "reference.png", Image.fromarray(astronaut()))
+    return inp, ref
+
+
+def _run(inp: Path, out: Path, method="paste", reference=None, pairs=None, **kw) -> dict[str, dict]:
+    opts = FolderOptions(input_dir=str(inp), output_dir=str(out), method=method, **kw)
+    items = plan(str(inp), str(out), str(reference) if reference else None, str(pairs) if pairs else None)
+    rows = [preset_row(i) for i in items if i.get("status")]
+    rows += process_items([i for i in items if not i.get("status")], opts)
+    write_manifest(str(out), rows)
+    return {r["input"]: r for r in rows}
+
+
+def _psnr(a, b, where) -> float:
+    err = ((a.astype(float) - b.astype(float)) ** 2)[where].mean()
+    return 10 * np.log10(255 ** 2 / max(err, 1e-9))
+
+
+def test_every_photo_gets_its_answer(photo_folder, masked_astronaut, tmp_path):
+    inp, ref = photo_folder
+    out = tmp_path / "out"
+    before = _hashes(inp)
+    rows = _run(inp, out, reference=ref)
+    expect = {
+        "masked.png": ("ok", ""), "sub/deep.png": ("ok", ""), "été photo.png": ("ok", ""), MARKUP: ("ok", ""),
+        "grey.png": ("ok", ""), "rgba.png": ("ok", ""), "sixteen.png": ("ok", ""), "profile.png": ("ok", ""),
+        "rotated.jpg": ("ok", ""), "bare.png": ("no-mask", "no-mask"), "blank.png": ("no-face", "no-face"),
+        "tiny.png": ("error", "too-small"), "empty.jpg": ("error", "empty"), "truncated.jpg": ("error", "corrupt"),
+        "text.png": ("error", "not-an-image"), "twin.jpg": ("error", "output-collision"),
+        "twin.png": ("error", "output-collision"),
+    }
+    assert {k: (r["status"], r["reason"]) for k, r in rows.items()} == expect
+    assert _hashes(inp) == before, "inputs must never be modified"
+
+    masked, truth = masked_astronaut
+    original = astronaut()
+    result = np.asarray(Image.open(out / "images" / "masked.png"))
+    found = np.asarray(Image.open(out / "masks" / "masked.png"))
+    assert result.shape == masked.shape and found.shape == masked.shape[:2]
+    assert set(np.unique(found)) <= {0, 255}
+    inter, union = ((found > 0) & (truth > 0)).sum(), ((found > 0) | (truth > 0)).sum()
+    assert inter / union > 0.6
+    # away from the (dilated) mask every pixel keeps its exact value
+    far = cv2.dilate(found, np.ones((41, 41), np.uint8)) == 0
+    assert np.array_equal(result[far], masked[far])
+    # the rebuilt hole is far closer to the face under the mask than the mask was (landmarks come
+    # from the masked photo, so the warped jaw is only roughly in place: 16 dB against 12.9 here)
+    hole = (truth > 0) & (found > 0)
+    assert _psnr(result, original, hole) > _psnr(masked, original, hole) + 2.5
+    info = Image.open(out / "images" / "masked.png").info
+    assert info["Software"].startswith("unmask") and info["unmask:method"] == "paste"
+
+    grey = Image.open(out / "images" / "grey.png")
+    assert grey.mode == "L" and grey.size == (512, 512)
+    rgba_in, rgba_out = Image.open(inp / "rgba.png"), Image.open(out / "images" / "rgba.png")
+    assert rgba_out.mode == "RGBA" and np.array_equal(np.asarray(rgba_out)[..., 3], np.asarray(rgba_in)[..., 3])
+    s_in, s_out = Image.open(inp / "sixteen.png"), Image.open(out / "images" / "sixteen.png")
+    assert s_out.mode.startswith("I;16") or s_out.mode == "I"
+    a_in, a_out = np.asarray(s_in).astype(np.int64), np.asarray(s_out).astype(np.int64)
+    assert a_out.max() > 255 and np.array_equal(a_in[far], a_out[far])
+    assert Image.open(out / "images" / "profile.png").info.get("icc_profile") == \
+        Image.open(inp / "profile.png").info["icc_profile"]
+    rot = Image.open(out / "images" / "rotated.png")
+    assert rot.size == (512, 512) and not rot.getexif() and "exif" not in rot.info
+    for name in ("bare", "blank"):
+        assert np.array_equal(np.asarray(Image.open(out / "images" / f"{name}.png")),
+                              np.asarray(Image.open(inp / f"{name}.png").convert("RGB")))
+        assert not np.asarray(Image.open(out / "masks" / f"{name}.png")).any()
+    assert not (out / "images" / "twin.png").exists()
+
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as f:
+        manifest = list(csv.DictReader(f))
+    assert [r["input"] for r in manifest] == sorted(expect)
+    assert list(manifest[0]) == ["input", "reference", "output", "status", "reason", "faces", "faces_rebuilt",
+                                 "seconds"]
+    assert (out / "manifest.csv").read_bytes().count(b"\r\n") == len(expect) + 1
+
+
+def test_rerun_skips_finished_and_overwrite_redoes(photo_folder, tmp_path):
+    inp, ref = photo_folder
+    out = tmp_path / "out"
+    _run(inp, out, reference=ref)
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    again = _run(inp, out, reference=ref)
+    assert all(r.get("skipped") for r in again.values() if not r.get("preset"))
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")} == stamps
+    # a half-written result (its record gone) is redone, the rest still skipped
+    (out / "images" / "masked.png").unlink()
+    third = _run(inp, out, reference=ref)
+    assert not third["masked.png"].get("skipped") and third["grey.png"].get("skipped")
+    assert (out / "images" / "masked.png").exists()
+    fourth = _run(inp, out, reference=ref, overwrite=True)
+    assert not any(r.get("skipped") for r in fourth.values())
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_output_inside_input_is_never_read_back(photo_folder):
+    inp, ref = photo_folder
+    out = inp / "results"
+    first = _run(inp, out, reference=ref)
+    second = _run(inp, out, reference=ref)
+    assert set(first) == set(second) and not any(k.startswith("results/") for k in second)
+
+
+def test_pairs_rows_are_checked(photo_folder, tmp_path):
+    inp, ref = photo_folder
+    (tmp_path / "secret.png").write_bytes((inp / "masked.png").read_bytes())
+    os.symlink(tmp_path / "secret.png", inp / "link-out.png")
+    (inp / "refs").mkdir()
+    (inp / "refs" / "same person.png").write_bytes(ref.read_bytes())
+    (inp / "refs" / "blank.png").write_bytes((inp / "blank.png").read_bytes())
+    pairs = tmp_path / "pairs.csv"
+    with open(pairs, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerows([["input", "reference"], ["masked.png", "refs/same person.png"],
+                     ["masked.png", "refs/same person.png"],  # exact duplicate: done once
+                     ["été photo.png", ""], ["sub/deep.png", "refs/blank.png"], ["../secret.png", ""],
+                     ["/etc/hostname", ""], ["link-out.png", ""], ["grey.png", "refs/nobody.png"],
+                     ["gone.png", ""], ["twin.jpg", "../secret.png"]])
+    rows = _run(inp, tmp_path / "out", pairs=pairs)
+    got = {k: (r["status"], r["reason"]) for k, r in rows.items()}
+    assert got == {
+        "masked.png": ("ok", ""), "été photo.png": ("ok", ""), "sub/deep.png": ("no-reference-face", "no-face"),
+        "../secret.png": ("error", "outside-input"), "/etc/hostname": ("error", "outside-input"),
+        "link-out.png": ("error", "outside-input"), "grey.png": ("error", "reference-missing"),
+        "gone.png": ("error", "input-missing"), "twin.jpg": ("error", "outside-input"),
+    }
+    assert rows["masked.png"]["reference"] == "refs/same person.png"
+    # without a reference there is still a result: the hole is inpainted
+    assert (tmp_path / "out" / "images" / "sub" / "deep.png").exists()
+
+
+def test_reference_folder_matches_by_path_then_stem(photo_folder, tmp_path):
+    inp, ref = photo_folder
+    refs = tmp_path / "refs"
+    (refs / "sub").mkdir(parents=True)
+    (refs / "sub" / "deep.jpg").write_bytes(b"")  # same stem, other folder: the path match wins below
+    (refs / "sub" / "deep.png").write_bytes(ref.read_bytes())
+    (refs / "other").mkdir()
+    (refs / "other" / "masked.jpg").write_bytes(ref.read_bytes())
+    items = {i["input"]: i for i in plan(str(inp), str(tmp_path / "out"), str(refs))}
+    assert items["sub/deep.png"]["reference"] == "sub/deep.png"
+    assert items["masked.png"]["reference"] == "other/masked.jpg"
+    assert items["grey.png"]["reference"] == "" and items["grey.png"]["reason"] == "reference-missing"
+
+
+def test_telea_needs_no_reference(photo_folder, masked_astronaut, tmp_path):
+    inp, _ = photo_folder
+    rows = _run(inp, tmp_path / "out", method="telea")
+    assert rows["masked.png"]["status"] == "ok" and rows["masked.png"]["faces_rebuilt"] == 1
+
+
+def test_real_masked_photos(tmp_path):
+    from tests.conftest import shared
+
+    src = shared("real-masked")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for p in sorted(src.glob("*.jpg"))[:20]:
+        (inp / p.name).write_bytes(p.read_bytes())  # a copy: links out of the input folder are refused
+    rows = _run(inp, tmp_path / "out", method="telea")
+    assert len(rows) == 20
+    statuses = [r["status"] for r in rows.values()]
+    assert statuses.count("ok") >= 15, statuses
+    for name, r in rows.items():
+        if r["status"] == "ok":
+            out = Image.open(tmp_path / "out" / r["output"])
+            assert out.size == Image.open(inp / name).size
+            assert np.asarray(Image.open(tmp_path / "out" / "masks" / (Path(name).stem + ".png"))).any()
+
+
+def _register_untrained(home: Path, name: str = "unmask") -> str:
+    """An untrained generator (it equals the paste) registered as NAME@champion in a SQLite store."""
+    code = f"""
+import mlflow
+from mlflow.tracking import MlflowClient
+from flows import tracking
+from model.networks import Generator
+tracking.setup()
+with mlflow.start_run():
+    uri = tracking.log_generator(Generator(16).eval(), 16, 128, {{"training_data": "none (untrained)"}})
+v = mlflow.register_model(uri, "{name}")
+MlflowClient().set_registered_model_alias("{name}", "champion", v.version)
+print(v.version)
+"""
+    env = {**os.environ, "UNMASK_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_unmask_folder_command_with_the_champion_and_prefect_artifacts(photo_folder, tmp_path):
+    from tests.servers import BIN, prefect_server
+
+    inp, ref = photo_folder
+    home = tmp_path / "home"
+    out = tmp_path / "out"
+    with prefect_server(tmp_path) as env:
+        env = {**env, "UNMASK_HOME": str(home)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+
+        def unmask(*args):
+            return subprocess.run([str(BIN / "unmask"), "folder", *map(str, args)], env=env, capture_output=True,
+                                  text=True, timeout=600)
+
+        res = unmask(inp, out, "--reference", ref)
+        assert res.returncode == 1 and "unmask train" in res.stderr and "make demo" in res.stderr
+        assert not (out / "images").exists()
+        version = _register_untrained(home)
+        res = unmask(inp, out, "--dry-run", "--reference", ref)
+        assert res.returncode == 0 and "masked.png" in res.stdout and not (out / "images").exists()
+        res = unmask(inp, out, "--reference", ref, "--workers", "2", "--shard-size", "4")
+        assert res.returncode == 0, res.stderr[-3000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["model_uri"] == f"models:/unmask/{version}" and summary["counts"]["ok"] >= 9
+        info = Image.open(out / "images" / "masked.png").info
+        assert f"models:/unmask/{version}" in info["unmask:model"]
+        assert (out / "index.html").exists()
+
+        import asyncio
+
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        async def artifacts():
+            async with get_client() as client:
+                return {a.key: a for a in await client.read_artifacts(
+                    artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[
+                        "unmask-folder-progress", "unmask-folder-summary"])))}
+
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        try:
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]}):
+                found = asyncio.run(artifacts())
+        finally:
+            os.environ.pop("PREFECT_API_URL", None)
+        assert float(found["unmask-folder-progress"].data) == 100.0
+        assert "masked.png" not in found["unmask-folder-summary"].data  # only failures are listed
+        assert "output-collision" in found["unmask-folder-summary"].data
