@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install demo test bench bench-preprocess bench-segment bench-train lock clean
+.PHONY: install system-deps demo test bench bench-preprocess bench-segment bench-train bench-folder bench-evaluate lock clean
 
 install: $(STAMP)
 
@@ -20,16 +20,32 @@ $(STAMP): requirements.lock pyproject.toml
 demo: install
 	UNMASK_DATA="$(DATA)" $(BIN)/python -m flows.demo
 
-test: install
+# Chromium for the report's browser test (Debian package; installed only when missing; needs root).
+system-deps:
+	sh tests/setup-system.sh
+
+test: install system-deps
 	$(BIN)/python -m pytest -q tests
 
-bench: bench-segment bench-preprocess bench-train
+bench: bench-segment bench-preprocess bench-train bench-folder bench-evaluate
 
 bench-segment: install
 	$(BIN)/python -m benchmarks.bench_segment --data $(SHARED)
 
 bench-preprocess: install
 	$(BIN)/python -m benchmarks.bench_preprocess --data $(SHARED)/faces-bulk
+
+bench-folder: install
+	$(BIN)/python -m benchmarks.bench_folder --data $(SHARED)
+
+# The model and the baselines on cases with truth built from $(SHARED); EVAL_MODEL defaults to
+# models:/unmask@champion (e.g. EVAL_MODEL=models:/unmask-bench@challenger after bench-train).
+EVAL_MODEL ?=
+EVAL_COUNT ?= 100
+EVAL_DIR ?= out/evaluate
+bench-evaluate: install
+	$(BIN)/unmask evaluate --build-cases $(EVAL_DIR)/cases --data $(SHARED) --count $(EVAL_COUNT)
+	$(BIN)/unmask evaluate $(EVAL_DIR)/cases $(EVAL_DIR)/results $(if $(EVAL_MODEL),--model $(EVAL_MODEL)) --write-benchmarks
 
 # QUALITY_MINUTES=0 skips the 30-minute quality run.
 QUALITY_MINUTES ?= 30
