@@ -110,12 +110,29 @@ def start_training(data: str, deployment: str = "train-unmask/default", **params
     """After preprocessing: run the training deployment if one exists (e.g. on a GPU pool),
     else train in this process."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
+    data = _absolute(data)  # a deployment's worker runs in a folder of its own
     try:
         run = run_deployment(deployment, parameters={"data": data, **params}, timeout=0)
-        return {"deployment": deployment, "flow_run_id": str(run.id)}
-    except Exception:  # noqa: BLE001 - no such deployment here: train locally
+    except ObjectNotFound:  # no such deployment on this server: train here
+        _logger().warning("no deployment %s: training in this process", deployment)
         return train_unmask(data=data, **({"minutes": 10.0} | params))
+    _logger().warning("started deployment %s: flow run %s", deployment, run.id)
+    return {"deployment": deployment, "flow_run_id": str(run.id)}
+
+
+def _logger():
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def main() -> None:
