@@ -34,7 +34,10 @@ def _how_to_get_one(asked: str, tracking_uri: str) -> str:
 
 
 def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
-    """Pin a model URI to what it points at now, or raise ModelNotFound."""
+    """Pin a model URI to what it points at now, or raise ModelNotFound.
+
+    Takes models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> (a logged model), runs:/ID/PATH
+    or a local model folder."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -49,6 +52,12 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
     if asked.startswith("models:/"):
         name, _, rest = asked.removeprefix("models:/").partition("@")
         client = MlflowClient()
+        if not rest and "/" not in name:  # MLflow 3 logged model, models:/m-<id>: not in the registry
+            try:
+                client.get_logged_model(name)
+            except MlflowException as exc:
+                raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
+            return ModelRef(asked, asked, None, tracking_uri)
         try:
             if rest:
                 version = client.get_model_version_by_alias(name, rest).version

@@ -80,6 +80,19 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
+def _time_up(deadline: float | None, world: int, device: torch.device) -> bool:
+    """Has --minutes run out? Under DDP every rank stops after the same step: if one rank
+    stopped alone, the others would wait for it in their next all-reduce for ever."""
+    if deadline is None:
+        return False
+    up = time.monotonic() >= deadline
+    if world > 1:
+        flag = torch.tensor([float(up)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        up = bool(flag.item())
+    return up
+
+
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for e, p in zip(ema.parameters(), model.parameters()):
         e.lerp_(p, 1 - decay)
@@ -198,7 +211,8 @@ def train(opts: TrainOptions, on_validation: Callable[[int, dict, object], None]
     last_val: dict = {}
     last_ckpt = None
     t0, seen0 = time.perf_counter(), 0
-    while (opts.steps is None or step < opts.steps) and (deadline is None or time.monotonic() < deadline):
+    time_up = _time_up(deadline, world, device)
+    while (opts.steps is None or step < opts.steps) and not time_up:
         b = to_device(next(batches), device)
         truth = b["image"] * 2 - 1
         with autocast:
@@ -226,7 +240,8 @@ def train(opts: TrainOptions, on_validation: Callable[[int, dict, object], None]
             rate = seen0 / max(time.perf_counter() - t0, 1e-9)
             on_metrics(step, {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/l1": l1.item(),
                               "loss/g": g_loss.item(), "train/images_per_second": rate})
-        finished = (opts.steps is not None and step >= opts.steps) or (deadline and time.monotonic() >= deadline)
+        time_up = _time_up(deadline, world, device)
+        finished = (opts.steps is not None and step >= opts.steps) or time_up
         if rank == 0 and (step % opts.checkpoint_every == 0 or finished):
             state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
                      "samples_seen": samples_seen, "rng": checkpoint.rng_state(), "options": asdict(opts),

@@ -192,6 +192,15 @@ def test_ddp_two_cpu_processes_on_gloo(shards, tmp_path):
     assert (tmp_path / "run" / "step-0000002" / "generator.safetensors").exists()
     assert '"rank": 1' in res.stdout and '"unmask-ddp"' in res.stdout
 
+    # --minutes: the ranks agree on when time is up, so none waits for the other for ever
+    timed = [a if a != "--steps" else "--minutes" for a in res.args]
+    timed[timed.index("--minutes") + 1] = "0.05"
+    timed[timed.index("--run-dir") + 1] = str(tmp_path / "timed")
+    timed[timed.index("--master_port") + 1] = str(_free_port())
+    res = subprocess.run(timed, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert list((tmp_path / "timed").glob("step-*/generator.safetensors"))
+
 
 def _free_port() -> int:
     with socket.socket() as s:
