@@ -186,36 +186,28 @@ def folder(
     max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse photos above this many pixels (decompression bombs)."),
 ):
     """Unmask a folder of photos: full-size results, masks, a manifest and an HTML report (unmask-folder)."""
-    from flows.folder import unmask_folder
+    from flows.folder import check_inputs, unmask_folder
     from flows.runtime import prefect_api
     from model.inference import ModelNotFound
     from tasks.folder import plan
 
-    if not input_dir.is_dir():
-        _fail(f"input folder {input_dir} does not exist")
-    if pairs is not None and not pairs.is_file():
-        _fail(f"--pairs {pairs} does not exist")
-    if reference is not None and not reference.exists():
-        _fail(f"--reference {reference} does not exist")
-    if pairs is not None and reference is not None:
-        _fail("give either --pairs or --reference, not both")
+    try:
+        check_inputs(str(input_dir), str(reference) if reference else None, str(pairs) if pairs else None, method)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"{exc} (see `unmask folder --help`)")
     try:
         items = plan(str(input_dir), str(output_dir), str(reference) if reference else None,
                      str(pairs) if pairs else None)
+        params = dict(input_dir=str(input_dir), output_dir=str(output_dir),
+                      reference=str(reference) if reference else None, pairs=str(pairs) if pairs else None,
+                      model=model, method=method, overwrite=overwrite)
         with prefect_api():
             if dry_run:
-                result = unmask_folder(input_dir=str(input_dir), output_dir=str(output_dir),
-                                       reference=str(reference) if reference else None,
-                                       pairs=str(pairs) if pairs else None, model=model, method=method,
-                                       overwrite=overwrite, dry_run=True)
-                stdout.print_json(json.dumps(result))
+                stdout.print_json(json.dumps(unmask_folder(**params, dry_run=True)))
                 return
             with _RecordProgress(str(output_dir), {i["input"] for i in items if not i.get("status")}):
-                summary = unmask_folder(
-                    input_dir=str(input_dir), output_dir=str(output_dir),
-                    reference=str(reference) if reference else None, pairs=str(pairs) if pairs else None,
-                    model=model, method=method, workers=workers, dask_address=dask_address, overwrite=overwrite,
-                    shard_size=shard_size, max_pixels=max_pixels)
+                summary = unmask_folder(**params, workers=workers, dask_address=dask_address,
+                                        shard_size=shard_size, max_pixels=max_pixels)
     except ModelNotFound as exc:
         _fail(str(exc))
     except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1

@@ -40,12 +40,14 @@ def _run_shards(shards: list[list[dict]], opts: FolderOptions) -> list[dict]:
     return rows
 
 
-def check_inputs(input_dir: str, reference: str | None, pairs: str | None) -> None:
+def check_inputs(input_dir: str, reference: str | None, pairs: str | None, method: str = "gan") -> None:
     """The same checks for the command line and a deployment run: one clear error each."""
     from pathlib import Path
 
     from tasks import storage
 
+    if method not in METHODS + BASELINES:
+        raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS + BASELINES)}")
     fs, base = storage.filesystem(str(input_dir))
     if not fs.isdir(base):
         raise FileNotFoundError(f"input folder {input_dir} does not exist")
@@ -62,8 +64,6 @@ def resolve(method: str, model: str | None, output_dir: str, input_dir: str, ove
     """Options with the model pinned to a version (raises ModelNotFound when there is none)."""
     from flows.tracking import tracking_uri
 
-    if method not in METHODS + BASELINES:
-        raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS + BASELINES)}")
     opts = FolderOptions(input_dir=str(input_dir), output_dir=str(output_dir), method=method,
                          overwrite=overwrite, max_pixels=max_pixels)
     if method == "gan":
@@ -113,7 +113,7 @@ def unmask_folder(
 
     log = get_run_logger()
     start = time.perf_counter()
-    check_inputs(input_dir, reference, pairs)
+    check_inputs(input_dir, reference, pairs, method)
     opts = resolve(method, model, output_dir, input_dir, overwrite, max_pixels)
     items = plan(str(input_dir), str(output_dir), reference, pairs)
     preset = [preset_row(i) for i in items if i.get("status")]

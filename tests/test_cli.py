@@ -35,6 +35,22 @@ def test_missing_input_is_one_clear_fatal_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_folder_and_evaluate_arguments_are_checked(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "ref.png").write_bytes(b"")
+    (tmp_path / "pairs.csv").write_text("input,reference\n")
+    for args, says in (((tmp_path / "nope",), "does not exist"),
+                       ((tmp_path / "in", "--reference", tmp_path / "gone.png"), "does not exist"),
+                       ((tmp_path / "in", "--reference", tmp_path / "ref.png", "--pairs", tmp_path / "pairs.csv"),
+                        "not both"),
+                       ((tmp_path / "in", "--method", "magic"), "use one of")):
+        out = run("folder", str(args[0]), str(tmp_path / "out"), *map(str, args[1:]))
+        assert out.returncode == 1 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "out").exists()
+    out = run("evaluate", str(tmp_path / "in"), str(tmp_path / "scores"))
+    assert out.returncode == 1 and "--build-cases" in out.stderr
+
+
 def test_preprocess_demo_faces_with_a_reject_exits_zero(tmp_path):
     faces = tmp_path / "faces"
     write_demo_faces(faces, n=6)
