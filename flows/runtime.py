@@ -35,7 +35,9 @@ def prefect_api():
         yield PREFECT_API_URL.value() or os.environ["PREFECT_API_URL"]
         return
     from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_HOME
 
+    Path(PREFECT_HOME.value()).expanduser().mkdir(parents=True, exist_ok=True)  # its database lives there
     server = SubprocessASGIServer()
     server.start(timeout=120)
     try:

@@ -26,6 +26,8 @@ def shared(*parts: str) -> Path:
 @pytest.fixture(autouse=True)
 def unmask_home(tmp_path, monkeypatch):
     home = tmp_path / "unmask-home"
+    # made now: Prefect, when a test first imports it, fixes its home for the whole session
+    (home / "prefect").mkdir(parents=True)
     monkeypatch.setenv("UNMASK_HOME", str(home))
     monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
     return home
