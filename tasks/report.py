@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -70,9 +71,13 @@ def thumb_name(rel: str, kind: str) -> str:
 
 def _jpeg(pixels: np.ndarray) -> bytes:
     """A small JPEG of any photo array (grey, 16-bit, alpha: made 8-bit RGB first) or 0/255 mask."""
+    h, w = pixels.shape[:2]
+    scale = THUMB / max(h, w)
+    if scale < 1:  # shrink first (OpenCV's area filter, any depth): converting a full photo costs more
+        pixels = cv2.resize(pixels, (max(1, round(w * scale)), max(1, round(h * scale))),
+                            interpolation=cv2.INTER_AREA)
     img = Image.fromarray(pixels)
     img = img if img.mode == "L" else Image.fromarray(_to_rgb_array(img))
-    img.thumbnail((THUMB, THUMB))
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
     return buf.getvalue()

@@ -219,6 +219,8 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
 
     Each face goes back through the inverse alignment inside its own bounding box only, blended
     with a feathered weight that is exactly 0 outside the dilated mask, so pixels there are untouched.
+    The weight is made at crop resolution and warped back with the face: dilating and blurring at
+    the photo's resolution cost ten times more on a 1-megapixel photo.
     """
     s = time.perf_counter()
     h, w = photo.rgb.shape[:2]
@@ -236,36 +238,39 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
         roi = inv.copy()
         roi[:, 2] -= (x0, y0)
         rw, rh = x1 - x0, y1 - y0
-        hole = cv2.warpAffine(j.hole, roi, (rw, rh), flags=cv2.INTER_LINEAR) > 127
-        if not hole.any():
+        weight = cv2.warpAffine(feather(j.hole), roi, (rw, rh), flags=cv2.INTER_LINEAR)
+        ys, xs = np.nonzero(weight.max(axis=1) > 0)[0], np.nonzero(weight.max(axis=0) > 0)[0]
+        if not len(ys):
             continue
+        box = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
         rebuilt = cv2.warpAffine(j.result, roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        face_px = size / np.sqrt(abs(np.linalg.det(j.matrix[:, :2])))  # crop side in photo pixels
-        k = max(3, int(FEATHER_FRAC * face_px) | 1)
-        grown = cv2.dilate(hole.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-        weight = cv2.GaussianBlur(grown.astype(np.float32), (k, k), 0) * grown
-        weight = np.maximum(weight, hole.astype(np.float32))
-        _blend(native[y0:y1, x0:x1], rebuilt, weight, photo.mode)
-        seg = hole if j.found is None else cv2.warpAffine(j.found, roi, (rw, rh), flags=cv2.INTER_LINEAR) > 127
-        found[y0:y1, x0:x1] |= seg.astype(np.uint8) * 255
+        _blend(native[y0:y1, x0:x1][box], rebuilt[box], weight[box], photo.mode)
+        seg = j.hole if j.found is None else j.found
+        found[y0:y1, x0:x1] |= np.where(cv2.warpAffine(seg, roi, (rw, rh), flags=cv2.INTER_LINEAR) > 127, 255, 0
+                                        ).astype(np.uint8)
     _lap(timings, "paste_back", s)
     return native, found
 
 
+def feather(hole: np.ndarray) -> np.ndarray:
+    """Blend weight at crop resolution: 1 on the hole, falling off over FEATHER_FRAC of the crop
+    outside it, exactly 0 beyond."""
+    k = max(3, int(FEATHER_FRAC * hole.shape[0]) | 1)
+    grown = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    weight = cv2.GaussianBlur(grown.astype(np.float32), (k, k), 0) * grown
+    return np.maximum(weight, (hole > 127).astype(np.float32))
+
+
 def _blend(target: np.ndarray, rebuilt_rgb: np.ndarray, weight: np.ndarray, mode: str) -> None:
-    """In place: target = target * (1 - w) + rebuilt * w where w > 0, in the target's own format."""
-    where = weight > 0
-    if not where.any():
-        return
-    wv = weight[where][:, None]
+    """In place: target = target * (1 - w) + rebuilt * w, in the target's own format. Where w is
+    0 the float arithmetic gives back the old integer exactly (x * 1 + 0.5, truncated)."""
+    wv = weight[..., None]
     if mode in ("RGB", "RGBA"):
-        new = rebuilt_rgb[where].astype(np.float32)
-        old = target[..., :3][where].astype(np.float32)
-        target[..., :3][where] = np.clip(old * (1 - wv) + new * wv + 0.5, 0, 255).astype(np.uint8)
+        old = target[..., :3].astype(np.float32)
+        target[..., :3] = np.clip(old * (1 - wv) + rebuilt_rgb.astype(np.float32) * wv + 0.5, 0, 255
+                                  ).astype(np.uint8)
         return
-    grey = cv2.cvtColor(rebuilt_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     top = 65535.0 if mode == "I;16" else 255.0
-    new = grey[where] * (top / 255.0)
+    new = cv2.cvtColor(rebuilt_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) * (top / 255.0)
     plane = target if target.ndim == 2 else target[..., 0]
-    old = plane[where].astype(np.float32)
-    plane[where] = np.clip(old * (1 - wv[:, 0]) + new * wv[:, 0] + 0.5, 0, top).astype(target.dtype)
+    plane[...] = np.clip(plane.astype(np.float32) * (1 - weight) + new * weight + 0.5, 0, top).astype(target.dtype)
