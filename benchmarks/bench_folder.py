@@ -184,8 +184,8 @@ included, clusters started and each worker's model loaded before the clock, one 
 | flow, 1 worker | {flows[1]:.1f} | {args.flow_n / flows[1]:.2f} | 1.00x |
 | flow, 2 workers | {flows[2]:.1f} | {args.flow_n / flows[2]:.2f} | {flows[1] / flows[2]:.2f}x (target >= 1.8x) |
 
-No GPU was lent to this session, so faces were batched through the generator on the CPU only
-(groups of 8 photos per call).
+No GPU was lent to this session. On a GPU the faces of 8 photos go through the generator in
+batches (up to 16 faces); on a CPU one face at a time, which is faster per face there.
 """
     write_section("bench-folder", body)
     print(body)

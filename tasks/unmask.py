@@ -147,6 +147,9 @@ def fill_paste(jobs: list[FaceJob], raw: bool = False) -> None:
 def fill_generator(jobs: list[FaceJob], generator, device, batch_size: int = 16) -> None:
     from model.inference import run_generator
 
+    # On a GPU faces go through in batches; on a CPU one at a time, which is faster per face
+    # (7 M parameters at 256 px, one thread: 1.18 s a face alone, 1.5-1.7 s a face in batches of 3-5).
+    batch_size = batch_size if device.type == "cuda" else 1
     for i in range(0, len(jobs), batch_size):
         part = jobs[i:i + batch_size]
         out = run_generator(generator, device, np.stack([j.crop for j in part]), np.stack([j.hole for j in part]),
