@@ -45,8 +45,22 @@ def prefect_api():
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        _drain_prefect_services()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _drain_prefect_services(timeout: float = 30.0) -> None:
+    """Send the logs and events still queued while the server is up (as Prefect's own test
+    harness does): queued for a stopped server, they hold the process for minutes at exit."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=timeout)
+        except Exception:  # noqa: BLE001 - best effort: never fail a finished run over telemetry
+            pass
 
 
 def dask_runner(workers: int | None = None, address: str | None = None):
