@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -39,6 +40,36 @@ def _root() -> None:
 def _fail(message: str) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _fatal_errors():
+    """A fatal error inside a run: one clear line and exit code 1, never a traceback."""
+    from model.inference import ModelNotFound
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except ModelNotFound as exc:  # its message already says how to get a model
+        _fail(str(exc))
+    except Exception as exc:  # noqa: BLE001
+        _fail(f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _labelled_bars(prefix: str = ""):
+    """Progress bars, one per label, fed by the callback it yields: update(label, done, total)."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console) as bar:
+        ids: dict[str, int] = {}
+
+        def update(label: str, done: int, total: int) -> None:
+            if label not in ids:
+                ids[label] = bar.add_task(f"{prefix}{label}", total=total)
+            bar.update(ids[label], completed=done)
+
+        yield update
 
 
 class _ShardProgress:
@@ -98,17 +129,14 @@ def preprocess(
         shards, _ = plan(input_dir, shard_size, limit)
     except FileNotFoundError:
         _fail(f"input folder {input_dir} does not exist")
-    try:
-        with prefect_api(), _ShardProgress(output_dir, len(shards)):
-            summary = preprocess_ffhq(
-                input_dir=input_dir, output_dir=output_dir, size=size, shard_size=shard_size,
-                val_percent=val_percent, pairs=str(pairs) if pairs else None,
-                identities=str(identities) if identities else None,
-                mask_templates=str(mask_templates) if mask_templates else None,
-                workers=workers, dask_address=dask_address, limit=limit, max_pixels=max_pixels, train=train,
-            )
-    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
-        _fail(f"{type(exc).__name__}: {exc}")
+    with _fatal_errors(), prefect_api(), _ShardProgress(output_dir, len(shards)):
+        summary = preprocess_ffhq(
+            input_dir=input_dir, output_dir=output_dir, size=size, shard_size=shard_size,
+            val_percent=val_percent, pairs=str(pairs) if pairs else None,
+            identities=str(identities) if identities else None,
+            mask_templates=str(mask_templates) if mask_templates else None,
+            workers=workers, dask_address=dask_address, limit=limit, max_pixels=max_pixels, train=train,
+        )
     console.print_json(json.dumps(summary))
     console.print(f"shards in [bold]{output_dir}/shards[/]")
 
@@ -133,12 +161,9 @@ def train(
         _fail("say how long to train: --steps N or --minutes M")
     if resume and not run_dir:
         _fail("--resume needs --run-dir (the folder holding step-NNNNNNN checkpoints)")
-    try:
-        with prefect_api():
-            summary = train_unmask(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size,
-                                   device=device, run_dir=run_dir, resume=resume, register_as=register_as)
-    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
-        _fail(f"{type(exc).__name__}: {exc}")
+    with _fatal_errors(), prefect_api():
+        summary = train_unmask(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size,
+                               device=device, run_dir=run_dir, resume=resume, register_as=register_as)
     console.print_json(json.dumps(summary, default=str))
     gate = summary["gate"]
     console.print(f"model [bold]models:/{register_as}@{gate['alias']}[/] (version {gate['version']}) "
@@ -188,14 +213,13 @@ def folder(
     """Unmask a folder of photos: full-size results, masks, a manifest and an HTML report (unmask-folder)."""
     from flows.folder import check_inputs, unmask_folder
     from flows.runtime import prefect_api
-    from model.inference import ModelNotFound
     from tasks.folder import plan
 
     try:
         check_inputs(str(input_dir), str(reference) if reference else None, str(pairs) if pairs else None, method)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"{exc} (see `unmask folder --help`)")
-    try:
+    with _fatal_errors():
         items = plan(str(input_dir), str(output_dir), str(reference) if reference else None,
                      str(pairs) if pairs else None)
         params = dict(input_dir=str(input_dir), output_dir=str(output_dir),
@@ -208,10 +232,6 @@ def folder(
             with _RecordProgress(str(output_dir), {i["input"] for i in items if not i.get("status")}):
                 summary = unmask_folder(**params, workers=workers, dask_address=dask_address,
                                         shard_size=shard_size, max_pixels=max_pixels)
-    except ModelNotFound as exc:
-        _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
-        _fail(f"{type(exc).__name__}: {exc}")
     stdout.print_json(json.dumps(summary))
     console.print(f"results in [bold]{output_dir}/images[/], report: [bold]{output_dir / 'index.html'}[/]")
 
@@ -237,26 +257,15 @@ def evaluate(
                                                                             "BENCHMARKS.md (make bench-evaluate)."),
 ):
     """Score the model and the baselines on cases with truth: PSNR/SSIM/L1 on the hole and the face, mask IoU."""
-    from rich.progress import Progress as _Progress
-
-    from model.inference import ModelNotFound
     from tasks.evaluate import build_cases as _build, evaluate as _evaluate, rich_table
 
     if build_cases:
         if count < 1:
             _fail("--count must be at least 1")
         try:
-            with _Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), console=console) as bar:
-                tasks_ = {}
-
-                def tick(source, done, total):
-                    if source not in tasks_:
-                        tasks_[source] = bar.add_task(f"cases {source}", total=total)
-                    bar.update(tasks_[source], completed=done)
-
+            with _labelled_bars("cases ") as tick:
                 info = _build(data, cases_dir, count=count, seed=seed, progress=tick)
-        except FileNotFoundError as exc:
+        except FileNotFoundError as exc:  # the shared data is not where --data says
             _fail(str(exc))
         except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
             _fail(f"{type(exc).__name__}: {exc}")
@@ -269,22 +278,9 @@ def evaluate(
     if not (cases_dir / "pairs.csv").is_file():
         _fail(f"{cases_dir / 'pairs.csv'} does not exist: make cases with `unmask evaluate --build-cases {cases_dir}`")
     wanted = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
-    try:
-        with _Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=console) as bar:
-            tasks_ = {}
-
-            def step(method, done, total):
-                if method not in tasks_:
-                    tasks_[method] = bar.add_task(method, total=total)
-                bar.update(tasks_[method], completed=done)
-
-            summary = _evaluate(cases_dir, output_dir, model=model, methods=wanted, overwrite=overwrite,
-                                write_benchmarks=write_benchmarks, progress=step)
-    except ModelNotFound as exc:
-        _fail(str(exc))
-    except Exception as exc:  # noqa: BLE001 - a fatal error: one clear line, exit code 1
-        _fail(f"{type(exc).__name__}: {exc}")
+    with _fatal_errors(), _labelled_bars() as step:
+        summary = _evaluate(cases_dir, output_dir, model=model, methods=wanted, overwrite=overwrite,
+                            write_benchmarks=write_benchmarks, progress=step)
     Console(soft_wrap=True, width=max(Console().width, 132)).print(rich_table(summary))
     for m, s in summary["methods"].items():
         if s["errors"]:
