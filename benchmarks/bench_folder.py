@@ -94,7 +94,7 @@ def flow_runs(inputs: Path, work: Path, model_uri: str, n: int) -> dict:
     from distributed import LocalCluster
 
     from flows.folder import unmask_folder
-    from flows.runtime import prefect_api
+    from flows.runtime import local_cluster_kwargs, prefect_api
 
     sub = work / "subset"
     sub.mkdir()
@@ -102,8 +102,7 @@ def flow_runs(inputs: Path, work: Path, model_uri: str, n: int) -> dict:
         shutil.copy(p, sub / p.name)
     times = {}
     with prefect_api():
-        clusters = {w: LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
-                                    env=dict(THREAD_ENV)) for w in (1, 2)}
+        clusters = {w: LocalCluster(**local_cluster_kwargs(w)) for w in (1, 2)}
         try:
             for w, c in clusters.items():
                 warm = work / f"warm{w}"

@@ -73,7 +73,7 @@ def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
     from distributed import LocalCluster
 
     from flows.preprocess import preprocess_ffhq
-    from flows.runtime import prefect_api
+    from flows.runtime import local_cluster_kwargs, prefect_api
 
     results: dict[int, list[float]] = {1: [], 2: []}
     with prefect_api():
@@ -82,8 +82,7 @@ def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
         empty.mkdir()
         preprocess_ffhq(input_dir=str(empty), output_dir=str(work / "empty-out"), workers=1)
         startup = time.perf_counter() - t
-        clusters = {w: LocalCluster(n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
-                                    env=dict(THREAD_ENV)) for w in (1, 2)}
+        clusters = {w: LocalCluster(**local_cluster_kwargs(w)) for w in (1, 2)}
         try:
             for w, c in clusters.items():  # warm every worker: imports and the landmark detector
                 preprocess_ffhq(input_dir=str(inputs), output_dir=str(work / f"warm{w}"), limit=4 * w,

@@ -63,19 +63,35 @@ def _drain_prefect_services(timeout: float = 30.0) -> None:
             pass
 
 
+# Dask's nanny starts every worker with MALLOC_TRIM_THRESHOLD_=65536 so that freed memory goes back
+# to the OS. Setting any malloc tunable also switches off glibc's dynamic mmap threshold (see
+# mallopt(3)), so every array over 128 KiB is mmapped and page-faulted afresh: the per-image work
+# (render, colour match, warp) ran 20-30% slower in a worker than in a plain loop. Our tasks keep
+# little between images, so the workers keep glibc's defaults. `deploy/dask.yaml` does the same for
+# clusters started with `dask worker`.
+DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
+
+
+def _keep_malloc_defaults() -> None:
+    import dask
+
+    dask.config.set(DASK_WORKER_CONFIG)  # global: DaskTaskRunner starts its cluster later
+    # an earlier nanny in this process exported dask's value, and new workers would inherit it
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":
+        del os.environ["MALLOC_TRIM_THRESHOLD_"]
+
+
+def local_cluster_kwargs(workers: int | None = None) -> dict:
+    """A local cluster as the flows start one: processes, one thread each, pinned thread pools."""
+    _keep_malloc_defaults()
+    return {"n_workers": workers or os.cpu_count() or 1, "threads_per_worker": 1, "processes": True,
+            "dashboard_address": None, "env": dict(THREAD_ENV)}
+
+
 def dask_runner(workers: int | None = None, address: str | None = None):
     """A DaskTaskRunner: an existing cluster at `address`, or a local one (processes, 1 thread each)."""
     from prefect_dask import DaskTaskRunner
 
     if address:
         return DaskTaskRunner(address=address)
-    n = workers or os.cpu_count() or 1
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": n,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "env": dict(THREAD_ENV),
-        }
-    )
+    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(workers))
