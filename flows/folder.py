@@ -5,7 +5,7 @@ import time
 
 from prefect import flow, get_run_logger, task
 
-from flows.runtime import dask_runner
+from flows.runtime import run_on_dask
 from tasks.folder import (BASELINES, METHODS, FolderOptions, plan, preset_row, process_items, summarise, write_manifest,
                           write_summary)
 from tasks.images import MAX_PIXELS
@@ -22,21 +22,19 @@ def unmask_shard(index: int, items: list[dict], opts: FolderOptions) -> list[dic
     return process_items(items, opts)
 
 
-@flow(name="unmask-shards")
-def _run_shards(shards: list[list[dict]], opts: FolderOptions) -> list[dict]:
+def _run_shards(shards: list[list[dict]], opts: FolderOptions, workers: int | None,
+                dask_address: str | None) -> list[dict]:
+    """The shards on Dask, with a progress artifact on this flow run updated as each one lands."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
-    from prefect.futures import as_completed
 
     progress = create_progress_artifact(0.0, key="unmask-folder-progress",
                                         description=f"photos unmasked into {opts.output_dir}")
     total = sum(len(s) for s in shards)
-    futures = [unmask_shard.submit(i, s, opts) for i, s in enumerate(shards)]
-    rows, done = [], 0
-    for fut in as_completed(futures):
-        part = fut.result()
+    calls = [{"index": i, "items": s, "opts": opts} for i, s in enumerate(shards)]
+    rows: list[dict] = []
+    for part in run_on_dask(unmask_shard, calls, workers, dask_address):
         rows.extend(part)
-        done += len(part)
-        update_progress_artifact(progress, 100.0 * done / max(total, 1))
+        update_progress_artifact(progress, 100.0 * len(rows) / max(total, 1))
     return rows
 
 
@@ -128,7 +126,7 @@ def unmask_folder(
     shards = [work[i:i + shard_size] for i in range(0, len(work), shard_size)]
     rows = list(preset)
     if shards:
-        rows += _run_shards.with_options(task_runner=dask_runner(workers, dask_address))(shards, opts)
+        rows += _run_shards(shards, opts, workers, dask_address)
     summary = summarise(rows, time.perf_counter() - start, opts)
     write_manifest(str(output_dir), rows)
     write_summary(str(output_dir), summary)

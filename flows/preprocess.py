@@ -5,7 +5,7 @@ import time
 
 from prefect import flow, get_run_logger, task
 
-from flows.runtime import dask_runner
+from flows.runtime import run_on_dask
 from tasks import storage
 from tasks.images import MAX_PIXELS, list_inputs
 from tasks.preprocess import Options, merge_rejects, process_shard, read_identities_csv, read_pairs_csv
@@ -19,12 +19,6 @@ def preprocess_shard(index: int, sources: list[str], opts: Options) -> dict:
     pin_threads(1)
     record = process_shard(index, sources, opts)
     return record
-
-
-@flow(name="preprocess-shards")
-def _run_shards(shards: list[list[str]], opts: Options, first_index: int = 0) -> list[dict]:
-    futures = [preprocess_shard.submit(first_index + i, s, opts) for i, s in enumerate(shards)]
-    return [f.result() for f in futures]
 
 
 def plan(input_dir: str, shard_size: int, limit: int | None) -> tuple[list[list[str]], list[str]]:
@@ -95,8 +89,9 @@ def preprocess_ffhq(
         first_index = max(finished, default=-1) + 1
         previous = [{**finished[i], "skipped": True} for i in sorted(finished)]
     log.info("%d inputs in %d shards (%d other files ignored)", sum(map(len, shards)), len(shards), len(ignored))
-    records = previous + (_run_shards.with_options(task_runner=dask_runner(workers, dask_address))(
-        shards, opts, first_index) if shards else [])
+    calls = [{"index": first_index + i, "sources": s, "opts": opts} for i, s in enumerate(shards)]
+    done = sorted(run_on_dask(preprocess_shard, calls, workers, dask_address), key=lambda r: r["shard"])
+    records = previous + done
     merge_rejects(str(output_dir), records)
     by_reason: dict[str, int] = {}
     for rec in records:

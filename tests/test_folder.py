@@ -313,5 +313,7 @@ def test_unmask_folder_command_with_the_champion_and_prefect_artifacts(photo_fol
         finally:
             os.environ.pop("PREFECT_API_URL", None)
         assert float(found["unmask-folder-progress"].data) == 100.0
+        # both on the unmask-folder run itself, where a user opening it in the UI looks
+        assert found["unmask-folder-progress"].flow_run_id == found["unmask-folder-summary"].flow_run_id
         assert "masked.png" not in found["unmask-folder-summary"].data  # only failures are listed
         assert "output-collision" in found["unmask-folder-summary"].data

@@ -1,4 +1,4 @@
-"""How the flows start Dask workers: one thread each, and glibc's malloc left at its defaults.
+"""How the flows start Dask workers: one thread each, glibc's malloc left at its defaults, no profiler.
 
 Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers, which turns off glibc's dynamic
 mmap threshold and made the per-image work 20-30% slower in a worker than in a plain loop.
@@ -28,6 +28,8 @@ def test_local_cluster_workers_keep_malloc_defaults(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
         envs = _worker_env(client)
+        profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+    assert list(profiling.values()) == [False, False]  # no dashboard to feed
     assert len(envs) == 2
     assert all(e == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"} for e in envs), envs
 
