@@ -82,8 +82,8 @@ SKIN_TOP, SKIN_ABOVE = -0.55, -0.03  # skin sample: the face oval between these 
 SKIN_WEIGHTS = np.float32([0.35, 1.0, 1.0])  # Lab: shading changes L across a face far more than a, b
 SKIN_DISTANCE = 3.0       # least Mahalanobis distance from skin that can count as mask
 # How far below the chin landmark the mask may reach. Under a mask FaceMesh guesses the jaw, and it
-# guesses it high: 0.28 face heights on 40 faces-bulk faces with procedural masks (10-90%: 0.22-0.34). At 0.25
-# the search region cut the mask's lower part off; 0.55-1.0 score alike (`make bench-segment`).
+# guesses it high: 0.28 face heights on 40 faces-bulk faces with procedural masks (10-90%: 0.22 to
+# 0.34). At 0.25 the search region cut the mask's lower part off; 0.55-1.0 score alike.
 SEARCH_CHIN = 0.7
 CORE_CHIN = 0.06          # the polygon inside which the first guess is made
 SURE_ERODE = 0.15         # the first guess, eroded by this (face heights), is certainly mask
