@@ -88,3 +88,22 @@ def test_presence_tells_bare_from_masked_faces():
         again = detect_faces(m)
         masked.append(bool(again) and has_mask(m, again[0])[0])
     assert np.mean(bare) <= 0.05 and np.mean(masked) >= 0.95, (np.mean(bare), np.mean(masked))
+
+
+def test_greyscale_bare_faces_are_rarely_judged_masked():
+    """Without chroma presence is weaker; a stricter threshold keeps bare grey faces untouched,
+    since painting over a bare face is worse than leaving a masked one alone."""
+    import cv2
+
+    def grey(rgb):
+        return np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+    rng = np.random.default_rng(5)
+    bare, masked = [], []
+    for face, lm in _unseen_faces(shared("faces-bulk"), 60):
+        bare.append(has_mask(grey(face), lm)[0])
+        m, _ = render_procedural(face, lm, rng)
+        again = detect_faces(grey(m))
+        masked.append(bool(again) and has_mask(grey(m), again[0])[0])
+    assert np.mean(bare) <= 0.05, np.mean(bare)
+    assert np.mean(masked) >= 0.4, np.mean(masked)  # most grey masks are still found
