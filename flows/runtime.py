@@ -85,7 +85,8 @@ def _configure_local_workers() -> None:
 
 
 def local_cluster_kwargs(workers: int | None = None) -> dict:
-    """A local cluster as the flows start one: processes, one thread each, pinned thread pools."""
+    """A local cluster as the flows start one: processes, one thread each, pinned thread pools.
+    Also sets LOCAL_DASK_CONFIG in this process's Dask config, which is where nannies read it."""
     _configure_local_workers()
     return {"n_workers": workers or os.cpu_count() or 1, "threads_per_worker": 1, "processes": True,
             "dashboard_address": None, "env": dict(THREAD_ENV)}
@@ -110,6 +111,8 @@ def run_on_dask(task, calls: list[dict], workers: int | None = None, address: st
     """
     from prefect.futures import as_completed
 
+    if not calls:  # nothing to do (an empty folder, a rerun with nothing new): start no cluster
+        return
     with dask_runner(workers, address) as runner:
         futures = [runner.submit(task, params) for params in calls]
         for future in as_completed(futures):

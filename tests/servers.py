@@ -65,3 +65,26 @@ def prefect_server(tmp_path: Path):
     finally:
         stop(server)
         log.close()
+
+
+@contextlib.contextmanager
+def dask_cluster(env: dict, workers: int = 2, nanny: bool = True):
+    """A `dask scheduler` and `workers` one-thread `dask worker` processes on 127.0.0.1, all
+    connected; yields (address, the worker processes)."""
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = dict(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], **quiet)]
+    try:
+        for _ in range(workers):
+            procs.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
+                                           "--host", "127.0.0.1", *([] if nanny else ["--no-nanny"])], **quiet))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address, procs[1:]
+    finally:
+        for p in reversed(procs):
+            stop(p)

@@ -1,13 +1,9 @@
 """The preprocess-ffhq flow on real faces: local cluster, external cluster losing a worker, resume."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -135,34 +131,14 @@ def test_resume_after_half_written_shard(tmp_path, prefect_server):
     assert not list(shards.glob("*.tmp"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_external_cluster_survives_losing_a_worker(tmp_path, prefect_server):
     from flows.preprocess import preprocess_ffhq
+    from tests.servers import dask_cluster
 
     good = make_input(tmp_path / "in", 40)
-    port = _free_port()
-    bindir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_API_URL": prefect_server}
-    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)]
-    address = f"tcp://127.0.0.1:{port}"
-    try:
-        for _ in range(2):
-            procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
-                                           "--nworkers", "1", "--no-nanny", "--host", "127.0.0.1"],
-                                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          start_new_session=True))
-        from distributed import Client
-
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
-        victim = procs[1]
+    with dask_cluster(env, workers=2, nanny=False) as (address, workers):
+        victim = workers[0]
 
         import threading
 
@@ -182,15 +158,6 @@ def test_external_cluster_survives_losing_a_worker(tmp_path, prefect_server):
         assert victim.poll() is not None, "the worker was killed mid-run"
         assert summary["inputs"] == 45
         check_output(tmp_path / "out", good, 96)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
 
 
 def test_only_new_files_become_new_shards(tmp_path, prefect_server):

@@ -6,12 +6,9 @@ mmap threshold and made the per-image work 20-30% slower in a worker than in a p
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 from tests.conftest import REPO
+from tests.servers import dask_cluster
 
 
 def _worker_env(client) -> list[dict]:
@@ -38,26 +35,19 @@ def test_dask_worker_with_deploy_config_keeps_malloc_defaults():
     """`DASK_CONFIG=deploy/dask.yaml dask worker …` (deploy/README.md) starts workers like the flows do."""
     from distributed import Client
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bindir = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
     env["DASK_CONFIG"] = str(REPO / "deploy" / "dask.yaml")
-    address = f"tcp://127.0.0.1:{port}"
-    procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--dashboard-address", ":0"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)]
-    try:
-        procs.append(subprocess.Popen([str(bindir / "dask"), "worker", address, "--nthreads", "1",
-                                       "--nworkers", "1", "--host", "127.0.0.1"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                      start_new_session=True))
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(1, timeout=60)
-            envs = _worker_env(client)
-    finally:
-        for p in reversed(procs):
-            os.killpg(p.pid, 15)
-            p.wait(timeout=30)
+    with dask_cluster(env, workers=1) as (address, _), Client(address, timeout=60) as client:
+        envs = _worker_env(client)
     assert envs == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}], envs
+
+
+def test_no_calls_start_no_cluster(monkeypatch):
+    """An empty folder or a rerun with nothing new: no Dask cluster is started or reached."""
+    import flows.runtime
+
+    def no_runner(*args, **kwargs):
+        raise AssertionError("a Dask task runner was made for no work")
+
+    monkeypatch.setattr(flows.runtime, "dask_runner", no_runner)
+    assert list(flows.runtime.run_on_dask(print, [], workers=1)) == []
