@@ -25,7 +25,7 @@ from benchmarks.report import write_section
 from tasks.align import align_face
 from tasks.images import list_inputs, load_rgb
 from tasks.landmarks import detect_faces
-from tasks.regions import mask_region
+from tasks.regions import down_face, mask_region
 from tasks.render import load_templates, render_mask
 from tasks.segment import has_mask, iou, segment_kmeans, segment_mask
 from tasks.threads import pin_threads
@@ -112,10 +112,8 @@ def by_template_kind(faces_dir: Path, rels: list[str], templates_dir: Path) -> d
 
 def _reach(rgb: np.ndarray, lm: np.ndarray) -> float | None:
     """How far the found mask reaches below FaceMesh's chin (98th percentile, face heights)."""
-    from tasks.segment import _down
-
     seg = segment_mask(rgb, lm) > 0
-    return float(np.percentile(_down(lm, rgb.shape)[seg], 98)) - 1.0 if seg.sum() >= 50 else None
+    return float(np.percentile(down_face(lm, rgb.shape)[seg], 98)) - 1.0 if seg.sum() >= 50 else None
 
 
 def mask_reach(data: Path, rels: list[str], n: int = 120) -> dict:

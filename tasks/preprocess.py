@@ -26,7 +26,7 @@ from tasks.landmarks import detect_faces
 from tasks.colour import match_colour
 from tasks.reference import real_warp, synthetic_warp
 from tasks.regions import mask_region
-from tasks.render import load_templates, render_mask
+from tasks.render import RENDER_VERSION, load_templates, render_mask
 from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
 from tasks.segment import segment_kmeans
 
@@ -65,7 +65,7 @@ def shard_hash(sources: list[str], opts: Options) -> str:
     """Changes when the shard's inputs or anything that shapes its rows change."""
     h = hashlib.sha1()
     h.update(f"schema={SCHEMA_VERSION};size={opts.size};val={opts.val_percent};"
-             f"templates={opts.mask_templates}\n".encode())
+             f"templates={opts.mask_templates};render={RENDER_VERSION}\n".encode())
     for s in sources:
         h.update(f"{s}\t{opts.references.get(s, '')}\t{opts.identities.get(s, '')}\n".encode())
     return h.hexdigest()

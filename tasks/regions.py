@@ -49,3 +49,12 @@ def skin_ring(landmarks: np.ndarray, hole: np.ndarray, width_frac: float = 0.08)
     grown = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
     ring = cv2.bitwise_and(grown, cv2.bitwise_not(hole))
     return cv2.bitwise_and(ring, face_region(landmarks, hole.shape))
+
+
+def down_face(landmarks: np.ndarray, shape) -> np.ndarray:
+    """Per pixel, how far down the face it lies: 0 at the nose bridge, 1 at the chin."""
+    top = landmarks[NOSE_BRIDGE].astype(np.float32)
+    axis = landmarks[CHIN].astype(np.float32) - top
+    axis /= float(axis @ axis) + 1e-6
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+    return (xx - top[0]) * axis[0] + (yy - top[1]) * axis[1]

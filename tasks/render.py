@@ -1,7 +1,7 @@
 """Drawing realistic masks onto unmasked faces, to make training pairs and test cases.
 
 The rendered mask's own pixels are the truth for the hole. Two kinds: procedural surgical
-masks (colour, pleats that follow the face, shading from the face's own light, fabric
+masks (colour, straight pleats gathered at the sides, shading from the face's own light, fabric
 noise, nose wire, ear loops) and RGBA templates placed by six anchor points (masks.cfg).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tasks.regions import JAW, fill_polygon, mask_polygon
+from tasks.regions import JAW, down_face, fill_polygon, mask_polygon
 from tasks.warp import tps_maps
 
 # Fabric colours (RGB) and how often they appear: light blue surgical masks dominate.
@@ -27,6 +27,9 @@ COLOUR_WEIGHTS = np.float64([0.35, 0.15, 0.17, 0.13, 0.08, 0.05, 0.07])
 # cheek, image-left jaw, chin, image-right jaw.
 ANCHOR_LANDMARKS = [234, 197, 454, 172, 152, 397]
 NOSE_TIP = 1
+# Bumped whenever rendered masks change, so preprocessing redoes shards rendered the old way.
+RENDER_VERSION = 2
+PLEAT_GATHER = 0.5  # how far pleats close up towards the mask's sides (0: parallel)
 MIN_ALPHA = 20  # template pixels fainter than this are left out of mask and image alike
 
 
@@ -97,11 +100,16 @@ def render_procedural(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Ge
 
     colour = COLOURS[rng.choice(len(COLOURS), p=COLOUR_WEIGHTS)] * rng.uniform(0.92, 1.06, 3)
     shade = 1.0 - 0.22 * np.clip(np.abs(u), 0, 1.3) ** 2 - 0.08 * v
+    # Pleats run straight across the face, fanned open in the middle and gathered towards the
+    # side hems, as on a worn surgical mask. Pleats that followed the mask's outline (curves
+    # parallel to the jaw) read to FaceMesh as a jaw line: it put the chin 0.30 face heights
+    # too high on rendered masks (0.17 with straight pleats), far more than real masks mislead it.
+    across_face = 0.5 + (down_face(landmarks, (h, w)) - 0.5) / (1.0 - PLEAT_GATHER * np.clip(u, -1.2, 1.2) ** 2)
     n_pleats = int(rng.integers(2, 4))
     for centre in np.linspace(0.28, 0.68, n_pleats) + rng.uniform(-0.04, 0.04, n_pleats):
         width = rng.uniform(0.018, 0.03)
-        shade -= 0.16 * np.exp(-((v - centre) / width) ** 2)              # the fold's shadow
-        shade += 0.08 * np.exp(-((v - centre + 1.8 * width) / width) ** 2)  # its lit edge
+        shade -= 0.16 * np.exp(-((across_face - centre) / width) ** 2)              # the fold's shadow
+        shade += 0.08 * np.exp(-((across_face - centre + 1.8 * width) / width) ** 2)  # its lit edge
     wire = (v < 0.06) & (np.abs(u) < 0.35)
     shade += np.where(wire, 0.06, 0.0)
     light = _face_light(face)

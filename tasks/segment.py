@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tasks.regions import CHIN, FACE_OVAL, NOSE_BRIDGE, fill_polygon, mask_polygon, mask_region
+from tasks.regions import CHIN, FACE_OVAL, NOSE_BRIDGE, down_face, fill_polygon, mask_polygon, mask_region
 
 _ATTEMPTS = 2
 _CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
@@ -102,21 +102,12 @@ def _disk(size: float) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
 
 
-def _down(landmarks: np.ndarray, shape) -> np.ndarray:
-    """Per pixel, how far down the face it lies: 0 at the nose bridge, 1 at the chin."""
-    top = landmarks[NOSE_BRIDGE].astype(np.float32)
-    axis = landmarks[CHIN].astype(np.float32) - top
-    axis /= float(axis @ axis) + 1e-6
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
-    return (xx - top[0]) * axis[0] + (yy - top[1]) * axis[1]
-
-
 def skin_region(landmarks: np.ndarray, shape) -> np.ndarray:
     """Skin that shows even over a mask (0/255): the band from the brows down to the mask's top
     edge (between and under the eyes, temples), eyes and brows left out. The forehead is not
     used: fringes, hats and scarves cover it too often."""
     region = fill_polygon(landmarks[FACE_OVAL], shape)
-    down = _down(landmarks, shape)
+    down = down_face(landmarks, shape)
     region[(down < SKIN_TOP) | (down >= SKIN_ABOVE)] = 0
     region[fill_polygon(mask_polygon(landmarks, chin_margin=0.0), shape) > 0] = 0
     eyes = np.zeros(shape[:2], np.uint8)

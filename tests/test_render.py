@@ -55,3 +55,28 @@ def test_render_mask_chooses_by_share(astronaut_face):
     always = render_mask(face, lm, np.random.default_rng(2), templates, template_share=1.0)
     assert (plain[1] == never[1]).all() and (plain[0] == never[0]).all()
     assert iou(always[1], plain[1]) < 0.99
+
+
+def test_procedural_masks_mislead_facemesh_no_more_than_real_masks():
+    """Under a mask FaceMesh guesses the jaw. Real masks move its chin up a little (their found
+    masks end about 0.11 face heights below it, `bench-segment`); pleats drawn parallel to the
+    jaw moved it up 0.30 face heights, which made rendered training pairs unlike real photos."""
+    from tasks.align import align_face
+    from tasks.images import list_inputs, load_rgb
+    from tasks.segment import face_height
+
+    folder = shared("faces-bulk")
+    shifts = []
+    for rel in list_inputs(folder)[0][::-1][:24]:
+        img = load_rgb(folder / rel)
+        found = detect_faces(img)
+        if not found:
+            continue
+        face, lm, _ = align_face(img, found[0], 256)
+        masked, _ = render_procedural(face, lm, np.random.default_rng(len(shifts)))
+        again = detect_faces(masked)
+        if again:
+            axis = (lm[152] - lm[197]) / face_height(lm)
+            shifts.append(float((lm[152] - again[0][152]) @ axis) / face_height(lm))
+    assert len(shifts) >= 20
+    assert np.median(shifts) < 0.22, np.round(shifts, 2)
