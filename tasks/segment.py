@@ -186,7 +186,10 @@ class _Face:
         self.search = cv2.dilate(fill_polygon(mask_polygon(self.lm, chin_margin=SEARCH_CHIN), shape),
                                  _disk(0.06 * WORK_FACE_HEIGHT)) > 0
         self.core = fill_polygon(mask_polygon(self.lm, chin_margin=CORE_CHIN), shape) > 0
-        self.threshold = max(SKIN_DISTANCE, _otsu(self.distance[self.core]))
+        # Otsu over the core and the skin sample together: two classes are there even when the
+        # mask fills the whole core (alone, Otsu then split the mask's own shading and kept a sliver)
+        self.threshold = max(SKIN_DISTANCE, _otsu(np.concatenate([self.distance[self.core],
+                                                                  self.distance[self.skin > 0]])))
         self.likely = self.core & (self.distance > self.threshold)
 
     def full_size(self, small: np.ndarray) -> np.ndarray:
