@@ -1,4 +1,5 @@
-"""How the flows start Dask workers: one thread each, glibc's malloc left at its defaults, no profiler.
+"""How the flows start Dask workers: one thread each, glibc's malloc left at its defaults, no profiler,
+no 20 ms event-loop tick.
 
 Dask's nanny exports MALLOC_TRIM_THRESHOLD_=65536 to its workers, which turns off glibc's dynamic
 mmap threshold and made the per-image work 20-30% slower in a worker than in a plain loop.
@@ -26,7 +27,14 @@ def test_local_cluster_workers_keep_malloc_defaults(monkeypatch):
     with LocalCluster(**local_cluster_kwargs(2)) as cluster, Client(cluster) as client:
         envs = _worker_env(client)
         profiling = client.run(lambda: __import__("dask").config.get("distributed.worker.profile.enabled"))
+        # the 20 ms event-loop tick and 0.5 s system monitor only feed a dashboard
+        ticks = client.run(lambda dask_worker: {name: dask_worker.periodic_callbacks[name].callback_time
+                                                for name in ("tick", "monitor")})
+        scheduler_tick = client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.periodic_callbacks["tick"].callback_time)
     assert list(profiling.values()) == [False, False]  # no dashboard to feed
+    assert list(ticks.values()) == [{"tick": 1000, "monitor": 2000}] * 2, ticks
+    assert scheduler_tick == 1000
     assert len(envs) == 2
     assert all(e == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"} for e in envs), envs
 
