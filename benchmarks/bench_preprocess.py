@@ -22,23 +22,29 @@ from benchmarks.report import write_section  # noqa: E402
 STAGES = ["decode", "landmarks", "align", "render", "segment", "warp", "colour_match", "encode", "write"]
 
 
-def single_process(inputs: Path, n: int, out: Path) -> tuple[dict, float]:
-    """The plain loop: every stage in this process on one thread; returns per-stage ms and s/image."""
+def loop_run(inputs: Path, n: int, out: Path, timings: dict | None = None) -> float:
+    """The plain loop: every stage in this process on one thread, shards of 50; returns seconds."""
+    from tasks.images import list_inputs
     from tasks.preprocess import Options, process_shard
     from tasks.threads import pin_threads
 
     pin_threads(1)
-    from tasks.images import list_inputs
-
     files = list_inputs(inputs)[0][:n]
     opts = Options(input_dir=str(inputs), output_dir=str(out))
     process_shard(999, files[:5], opts)  # warm up: detector creation, imports
-    timings: dict = {}
     t = time.perf_counter()
     for i in range(0, len(files), 50):
         process_shard(i // 50, files[i:i + 50], opts, timings)
     total = time.perf_counter() - t
-    return {k: timings.get(k, 0.0) / len(files) * 1000 for k in STAGES}, total / len(files)
+    shutil.rmtree(out)
+    return total
+
+
+def single_process(inputs: Path, n: int, out: Path) -> dict:
+    """Per-stage ms per image in the plain loop."""
+    timings: dict = {}
+    loop_run(inputs, n, out, timings)
+    return {k: timings.get(k, 0.0) / n * 1000 for k in STAGES}
 
 
 def micro(inputs: Path, n: int = 100) -> dict:
@@ -69,13 +75,14 @@ def micro(inputs: Path, n: int = 100) -> dict:
 
 
 def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
-    """The flow on 1 and 2 workers (clusters started before the clock), interleaved, median of runs."""
+    """The plain loop and the flow on 1 and 2 workers (clusters started before the clock),
+    interleaved so that all three see the same spells of this shared machine; medians."""
     from distributed import LocalCluster
 
     from flows.preprocess import preprocess_ffhq
     from flows.runtime import local_cluster_kwargs, prefect_api
 
-    results: dict[int, list[float]] = {1: [], 2: []}
+    results: dict[int | str, list[float]] = {"loop": [], 1: [], 2: []}
     with prefect_api():
         t = time.perf_counter()
         # one image: an empty folder starts no cluster, and a user's first shard waits for all of this
@@ -87,6 +94,7 @@ def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
                 preprocess_ffhq(input_dir=str(inputs), output_dir=str(work / f"warm{w}"), limit=4 * w,
                                 shard_size=2, dask_address=c.scheduler_address)
             for r in range(repeats):
+                results["loop"].append(loop_run(inputs, n, work / f"loop-{r}"))
                 for w, c in clusters.items():
                     out = work / f"run{w}-{r}"
                     t = time.perf_counter()
@@ -97,7 +105,7 @@ def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
         finally:
             for c in clusters.values():
                 c.close()
-    return {"startup_s": startup, **{w: statistics.median(v) for w, v in results.items()}}
+    return {"startup_s": startup, "runs": results, **{w: statistics.median(v) for w, v in results.items()}}
 
 
 def main() -> None:
@@ -111,14 +119,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("UNMASK_HOME", str(work / "home"))
-        stages, loop_s = single_process(args.data, args.n, work / "single")
-        print("stages ms/image:", {k: round(v, 2) for k, v in stages.items()}, "loop s/image:", round(loop_s, 4))
+        stages = single_process(args.data, args.n, work / "single")
+        print("stages ms/image:", {k: round(v, 2) for k, v in stages.items()})
         m = micro(args.data)
         print(m)
         flows = flow_runs(args.data, args.n, work, args.repeats)
         print(flows)
     n = args.n
-    loop_total = loop_s * n
+    loop_total = flows["loop"]
+    loop_s = loop_total / n
     speed1, speed2 = loop_total / flows[1], loop_total / flows[2]
     per_image_2 = flows[2] / n * 2  # core-seconds per image on the 2-worker flow
     ffhq_hours = 70_000 * per_image_2 / 64 / 3600
@@ -140,14 +149,18 @@ on the re-posed synthetic reference):
 | TPS warp (30 points, coarse grid + remap) | {m['tps_warp_ms']:.2f} ms | <= 5 ms |
 | k-means segmentation | {m['segment_ms']:.2f} ms | <= 10 ms |
 
-The flow (Prefect + Dask + Parquet), shard size 50, clusters started before the clock, median of
-{args.repeats} interleaved runs, against the single-process loop above measured in the same run:
+The flow (Prefect + Dask + Parquet), shard size 50, clusters started before the clock, against
+the single-process loop (the same shards in this process); median of {args.repeats} runs of each,
+interleaved (loop, 1 worker, 2 workers, again), since this machine is shared:
 
 | run | seconds for {n} images | images/s | vs. single-process loop |
 |---|---|---|---|
 | single-process loop | {loop_total:.1f} | {n / loop_total:.1f} | 1.00x |
 | flow, 1 worker | {flows[1]:.1f} | {n / flows[1]:.1f} | {speed1:.2f}x |
 | flow, 2 workers | {flows[2]:.1f} | {n / flows[2]:.1f} | {speed2:.2f}x (target >= 1.7x) |
+
+Every run, seconds: {"; ".join(f"{'loop' if k == 'loop' else f'{k} worker' + ('s' if k == 2 else '')} "
+                               + ", ".join(f"{v:.1f}" for v in vs) for k, vs in flows["runs"].items())}.
 
 Flow start-up (a Prefect flow run, a new local Dask cluster, its worker's imports and landmark
 detector, one image): {flows['startup_s']:.1f} s.
