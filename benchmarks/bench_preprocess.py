@@ -166,7 +166,7 @@ Flow start-up (a Prefect flow run, a new local Dask cluster, its worker's import
 detector, one image): {flows['startup_s']:.1f} s.
 
 Projection: FFHQ's 70,000 images on a 64-core cluster at the measured 2-worker cost
-({per_image_2 * 1000:.0f} core-ms per image): about {ffhq_hours * 60:.0f} minutes, plus start-up.
+({per_image_2 * 1000:.0f} core-ms per image): about {ffhq_hours * 60:.1f} minutes, plus start-up.
 """
     write_section("bench-preprocess", body)
     print(body)
