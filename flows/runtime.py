@@ -27,6 +27,11 @@ def prefect_api():
 
     Prefect's ephemeral mode would start a temporary server inside every Dask worker
     process (tens of seconds each); one server shared through the settings avoids that.
+
+    Flow runs against that temporary server send no heartbeats. Heartbeats let a lasting server
+    mark a run whose process died as crashed; this one stops with the run, so nothing can act on
+    them. And they cost every flow run up to a second: Prefect stops the heartbeat thread by
+    joining it, and the thread sleeps in one-second steps (runs ended on whole seconds).
     """
     quiet_prefect_env()
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -42,7 +47,7 @@ def prefect_api():
     server.start(timeout=120)
     try:
         os.environ["PREFECT_API_URL"] = server.api_url  # inherited by local Dask workers
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url, "flows.heartbeat_frequency": None}):
             yield server.api_url
     finally:
         _drain_prefect_services()

@@ -59,3 +59,32 @@ def test_no_calls_start_no_cluster(monkeypatch):
 
     monkeypatch.setattr(flows.runtime, "dask_runner", no_runner)
     assert list(flows.runtime.run_on_dask(print, [], workers=1)) == []
+
+
+def test_flows_on_the_temporary_api_send_no_heartbeats(monkeypatch):
+    """The temporary API stops with the run, so heartbeats (which kept every flow run waiting for
+    a thread that sleeps in one-second steps) serve nothing there; a lasting server keeps them."""
+    from prefect import flow
+    from prefect.flow_engine import FlowRunEngine
+    from prefect.settings import get_current_settings
+
+    from flows.runtime import prefect_api
+
+    seen = []
+    original = FlowRunEngine._emit_flow_run_heartbeat
+    monkeypatch.setattr(FlowRunEngine, "_emit_flow_run_heartbeat",
+                        lambda self, *a: seen.append(self.flow_run.id) or original(self, *a))
+
+    @flow
+    def report_heartbeat() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert get_current_settings().flows.heartbeat_frequency is not None  # Prefect's default: on
+    with prefect_api() as url:
+        assert report_heartbeat() is None
+        assert seen == []
+    # a lasting server (PREFECT_API_URL set by the user) keeps Prefect's heartbeats
+    monkeypatch.setenv("PREFECT_API_URL", url)
+    with prefect_api():
+        assert get_current_settings().flows.heartbeat_frequency is not None
