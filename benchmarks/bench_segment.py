@@ -226,7 +226,11 @@ The same segmenters on masks rendered by `tasks/render.py` onto {proc['n']} `fac
 On colour photos alone ({proc['n colour']} of the {proc['n']}; the hand labels are all colour photos,
 faces-bulk also has old greyscale ones) the default segmenter scores {proc['default colour']:.3f} on
 procedural masks, against {res['CWM']['default']:.3f} on the hand labels. What is left of the gap is
-pale masks on pale faces, where a mask is barely unlike skin.
+pale masks on pale faces, where a mask is barely unlike skin. The paper's k-means is the method
+most thrown by shading: it splits a shaded mask into its lit middle and darker sides. Drawn flat
+(no shading, no pleats), the same masks on 100 faces gave k-means 0.81 rather than 0.65 (commit
+07844ce), near its 0.85 on MaskedFace-Net, whose masks are templates pasted with little shading.
+Masks in real photos are shaded and pleated (see `real-masked`), so the renderer keeps both.
 
 By kind of template (the default segmenter, one template per face, {sum(n for _, n in kinds.values())} faces):
 {", ".join(f"{k} {v:.3f} ({n})" for k, (v, n) in kinds.items())}. The hand labels are all surgical
