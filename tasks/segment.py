@@ -223,8 +223,8 @@ def _clean(binary: np.ndarray, size: float) -> np.ndarray:
     return _fill_holes(_largest_component(binary))
 
 
-def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Binary (0/255) mask, the default segmenter.
+def _segment(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Binary (0/255) mask, possibly empty.
 
     A skin model from the upper face marks the mask region's pixels unlike skin (Otsu's
     threshold of the distance); GrabCut, started from that guess, learns mask and background
@@ -260,6 +260,14 @@ def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.nd
     llr[band] = np.clip(_gmm_loglik(colours, fgd) - _gmm_loglik(colours, bgd), -4.0, 4.0)
     llr = cv2.GaussianBlur(llr, (0, 0), max(0.5, 0.012 * fh))
     return face.paste(_fill_holes(_largest_component(np.where(llr > 0, 255, 0).astype(np.uint8))))
+
+
+def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Binary (0/255) mask, the default segmenter: `_segment` (below), or the landmark polygon where
+    it finds nothing. A pale mask on pale skin can leave too few pixels unlike skin to keep; the
+    caller has already judged the face masked (has_mask), and an empty mask would leave it as is."""
+    found = _segment(rgb, landmarks, seed)
+    return found if found.any() else mask_region(landmarks, rgb.shape)
 
 
 
