@@ -27,7 +27,7 @@ from tasks.images import list_inputs, load_rgb
 from tasks.landmarks import detect_faces
 from tasks.regions import down_face, mask_region
 from tasks.render import load_templates, render_mask
-from tasks.segment import GREY_CHROMA, has_mask, iou, segment_kmeans, segment_mask
+from tasks.segment import has_mask, iou, is_greyscale, segment_kmeans, segment_mask
 from tasks.threads import pin_threads
 
 SEGMENTERS = {"default": segment_mask, "k-means": segment_kmeans,
@@ -83,8 +83,7 @@ def rendered(faces_dir: Path, rels: list[str], templates_dir: Path | None, size:
         lm_m = again[0] if again else lm
         for name, fn in SEGMENTERS.items():
             scores[name].append(iou(fn(masked, lm_m), truth))
-        lab = cv2.cvtColor(face, cv2.COLOR_RGB2LAB)
-        colour_photo.append(float(np.abs(lab[..., 1:].astype(np.int16) - 128).max()) >= GREY_CHROMA)
+        colour_photo.append(not is_greyscale(cv2.cvtColor(face, cv2.COLOR_RGB2LAB)))
         present["masked"].append(has_mask(masked, lm_m)[0])
         present["masked grey"].append(has_mask(_grey(masked), lm_m)[0])
     colour = np.array(colour_photo, bool)

@@ -81,9 +81,10 @@ WORK_FACE_HEIGHT = 32.0   # nose bridge to chin, pixels, at which colours are mo
 SKIN_TOP, SKIN_ABOVE = -0.55, -0.03  # skin sample: the face oval between these (nose bridge 0, chin 1)
 SKIN_WEIGHTS = np.float32([0.35, 1.0, 1.0])  # Lab: shading changes L across a face far more than a, b
 SKIN_DISTANCE = 3.0       # least Mahalanobis distance from skin that can count as mask
-# How far below the chin landmark the mask may reach. Under a mask FaceMesh guesses the jaw, and it
-# guesses it high: 0.28 face heights on 40 faces-bulk faces with procedural masks (10-90%: 0.22 to
-# 0.34). At 0.25 the search region cut the mask's lower part off; 0.55-1.0 score alike.
+# How far below the chin landmark the mask may reach. Under a mask FaceMesh only guesses the jaw,
+# and can guess it high (0.28 face heights on rendered masks with jaw-like pleats; found masks on
+# real photos end about 0.1 below its chin). At 0.25 the search region cut the lower part of such
+# masks off; on the hand labels 0.45-1.0 score alike.
 SEARCH_CHIN = 0.7
 CORE_CHIN = 0.06          # the polygon inside which the first guess is made
 SURE_ERODE = 0.15         # the first guess, eroded by this (face heights), is certainly mask
@@ -140,6 +141,11 @@ def skin_distance(lab: np.ndarray, model) -> np.ndarray:
     return np.sqrt(np.maximum(np.einsum("...i,ij,...j->...", x, icov, x), 0))
 
 
+def is_greyscale(lab: np.ndarray) -> bool:
+    """No pixel with chroma: a greyscale photo, where lightness is all there is to go on."""
+    return float(np.abs(lab[..., 1:].astype(np.int16) - 128).max(initial=0)) < GREY_CHROMA
+
+
 def _otsu(values: np.ndarray, top: float = 12.0) -> float:
     """Otsu's threshold of distances (clipped at `top`)."""
     v = np.clip(values * (255.0 / top), 0, 255).astype(np.uint8).reshape(-1, 1)
@@ -172,7 +178,7 @@ class _Face:
         self.lab = cv2.cvtColor(cv2.GaussianBlur(crop, (3, 3), 0), cv2.COLOR_RGB2LAB)
         self.skin = skin_region(self.lm, shape)
         # a greyscale photo has no chroma: lightness is all there is to tell mask from skin
-        self.grey = float(np.abs(self.lab[..., 1:].astype(np.int16) - 128).max(initial=0)) < GREY_CHROMA
+        self.grey = is_greyscale(self.lab)
         weights = np.float32([1.0, 1.0, 1.0]) if self.grey else SKIN_WEIGHTS
         model = skin_model(self.lab, self.skin, weights)
         if model is None:  # no forehead to be seen: the face's sides outside the mask polygon
@@ -232,10 +238,8 @@ def _segment(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarra
     re-decided by the same colour models at full resolution.
     """
     face = _Face(rgb, landmarks)
-    if not face.ok or face.likely.sum() < 10:
-        # no colour contrast to cut along (a greyscale photo, a skin-coloured mask): the landmark
-        # polygon, which covers where a mask sits; callers decide presence apart (has_mask)
-        return mask_region(landmarks, rgb.shape)
+    if not face.ok or face.likely.sum() < 10:  # no colour contrast to cut along
+        return np.zeros(rgb.shape[:2], np.uint8)
     gc = np.full(face.crop.shape[:2], cv2.GC_BGD, np.uint8)
     gc[face.search] = cv2.GC_PR_BGD
     gc[face.likely] = cv2.GC_PR_FGD
@@ -263,12 +267,13 @@ def _segment(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarra
 
 
 def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Binary (0/255) mask, the default segmenter: `_segment` (below), or the landmark polygon where
-    it finds nothing. A pale mask on pale skin can leave too few pixels unlike skin to keep; the
-    caller has already judged the face masked (has_mask), and an empty mask would leave it as is."""
+    """Binary (0/255) mask, the default segmenter: `_segment` (above), or the landmark polygon,
+    which covers where a mask sits, where it finds nothing: no colour contrast to cut along (a
+    greyscale photo, a skin-coloured mask), or too few pixels unlike skin to keep (a pale mask on
+    pale skin). Callers decide presence apart (has_mask); an empty mask would leave a face judged
+    masked as it is."""
     found = _segment(rgb, landmarks, seed)
     return found if found.any() else mask_region(landmarks, rgb.shape)
-
 
 
 # --- is there a mask at all? ------------------------------------------------------------------------
