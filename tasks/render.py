@@ -31,6 +31,11 @@ NOSE_TIP = 1
 RENDER_VERSION = 2
 PLEAT_GATHER = 0.5  # how far pleats close up towards the mask's sides (0: parallel)
 MIN_ALPHA = 20  # template pixels fainter than this are left out of mask and image alike
+# How a mask is worn: (shift of its top edge, shift of its bottom edge) down the face, in face
+# heights (nose bridge to chin). "nose": under the nose, nostrils showing; "chin": pulled down
+# onto the chin, nose and mouth showing. The mask is squeezed between the two, as a mask pulled
+# down bunches up under the chin.
+WEAR = {"correct": (0.0, 0.0), "nose": (0.36, 0.12), "chin": (0.70, 0.25)}
 
 
 @dataclass(frozen=True)
@@ -76,9 +81,29 @@ def _polyline_distance(points: np.ndarray, shape) -> np.ndarray:
     return cv2.distanceTransform(canvas, cv2.DIST_L2, 3)
 
 
-def render_procedural(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator):
-    """A surgical mask drawn on the face: (masked RGB uint8, mask 0/255)."""
+def worn(landmarks: np.ndarray, wear: str = "correct") -> np.ndarray:
+    """Landmarks moved down the face as a mask worn `wear` (a WEAR key) is placed: a mask drawn
+    with them sits where it would on these landmarks. "correct" returns them as they are."""
+    if wear not in WEAR:
+        raise ValueError(f"wear must be one of {sorted(WEAR)}, not {wear!r}")
+    top, bottom = WEAR[wear]
+    if top == 0.0 and bottom == 0.0:
+        return landmarks
+    bridge = landmarks[197].astype(np.float32)
+    axis = landmarks[152].astype(np.float32) - bridge
+    face_h = float(np.linalg.norm(axis)) + 1e-6
+    down = np.clip((landmarks - bridge) @ axis / face_h ** 2, 0.0, 1.0)
+    shift = (top + (bottom - top) * down) * face_h
+    return (landmarks + shift[:, None] * (axis / face_h)).astype(np.float32)
+
+
+def render_procedural(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
+                      wear: str = "correct", colour: int | None = None):
+    """A surgical mask drawn on the face: (masked RGB uint8, mask 0/255). `wear`: a WEAR key;
+    `colour`: an index into COLOURS instead of a random pick (the random draw is made anyway, so
+    the rest of the mask is the same for a seed)."""
     h, w = face.shape[:2]
+    landmarks = worn(landmarks, wear)
     poly = mask_polygon(landmarks, chin_margin=rng.uniform(0.03, 0.08))
     n_jaw = len(JAW)
     # nudge the top edge up or down a little: masks are not all worn at the same height
@@ -98,7 +123,8 @@ def render_procedural(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Ge
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     u = ((xx - axis_top[0]) * across[0] + (yy - axis_top[1]) * across[1]) / half_width
 
-    colour = COLOURS[rng.choice(len(COLOURS), p=COLOUR_WEIGHTS)] * rng.uniform(0.92, 1.06, 3)
+    pick = int(rng.choice(len(COLOURS), p=COLOUR_WEIGHTS))
+    colour = COLOURS[pick if colour is None else colour] * rng.uniform(0.92, 1.06, 3)
     shade = 1.0 - 0.22 * np.clip(np.abs(u), 0, 1.3) ** 2 - 0.08 * v
     # Pleats run straight across the face, fanned open in the middle and gathered towards the
     # side hems, as on a worn surgical mask. Pleats that followed the mask's outline (curves
@@ -150,10 +176,12 @@ def _pick_template(templates, landmarks: np.ndarray, rng: np.random.Generator) -
     return fitting[int(rng.integers(len(fitting)))]
 
 
-def render_template(face: np.ndarray, landmarks: np.ndarray, template: MaskTemplate, rng: np.random.Generator):
-    """An RGBA template placed by a 6-point thin-plate spline from its anchors to the face."""
+def render_template(face: np.ndarray, landmarks: np.ndarray, template: MaskTemplate, rng: np.random.Generator,
+                    wear: str = "correct"):
+    """An RGBA template placed by a 6-point thin-plate spline from its anchors to the face
+    (`wear`: a WEAR key)."""
     h, w = face.shape[:2]
-    targets = landmarks[ANCHOR_LANDMARKS].astype(np.float64)
+    targets = worn(landmarks, wear)[ANCHOR_LANDMARKS].astype(np.float64)
     map_x, map_y = tps_maps(targets, template.anchors.astype(np.float64), (h, w))
     rgba = cv2.remap(template.rgba, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     alpha = rgba[..., 3].astype(np.float32) / 255.0
@@ -167,9 +195,9 @@ def render_template(face: np.ndarray, landmarks: np.ndarray, template: MaskTempl
 
 
 def render_mask(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator,
-                templates=None, template_share: float = 0.5):
+                templates=None, template_share: float = 0.5, wear: str = "correct"):
     """A procedural mask, or (with templates, at `template_share`) a template: (masked, mask 0/255)."""
     pick = rng.random()  # drawn always, so a seed gives the same procedural mask with or without templates
     if templates and pick < template_share:
-        return render_template(face, landmarks, _pick_template(templates, landmarks, rng), rng)
-    return render_procedural(face, landmarks, rng)
+        return render_template(face, landmarks, _pick_template(templates, landmarks, rng), rng, wear)
+    return render_procedural(face, landmarks, rng, wear)
