@@ -7,8 +7,9 @@ the paper's k-means (`segment_kmeans`) and, as the baseline, the landmark polygo
 same segmenters are then scored on masks our renderer drew on faces-bulk faces: if those IoUs
 are far from the hand-labelled ones, the renderer is not realistic enough to train and test on.
 
-Presence (`has_mask`): faces-bulk faces never used to fit it (its fit used a seeded sample of
-300; these are the last N of the sorted list, checked to be disjoint), bare and with rendered masks,
+Presence (`tasks/presence.py: has_mask`; per kind of mask, old beside new, in `bench_presence`):
+faces-bulk faces (the last N of the sorted list, less the old model's 300; the new model's fit
+used a quarter of the files apart, see `benchmarks/fit_presence.py`), bare and with rendered masks,
 in colour and turned grey; MaskedFace-Net's masks; and every face in real-masked photos (no labels:
 nearly all wear masks, a few do not).
 """
@@ -27,7 +28,8 @@ from tasks.images import list_inputs, load_rgb
 from tasks.landmarks import detect_faces
 from tasks.regions import down_face, mask_region
 from tasks.render import load_templates, render_mask
-from tasks.segment import has_mask, iou, is_greyscale, segment_kmeans, segment_mask
+from tasks.presence import has_mask
+from tasks.segment import iou, is_greyscale, segment_kmeans, segment_mask
 from tasks.threads import pin_threads
 
 SEGMENTERS = {"default": segment_mask, "k-means": segment_kmeans,

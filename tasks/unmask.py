@@ -171,7 +171,8 @@ def _lap(timings: dict, name: str, start: float) -> float:
 
 def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dict) -> tuple[list[FaceJob], PhotoResult]:
     """Landmarks, crops, mask decision and segmentation, reference warp: everything before the fill."""
-    from tasks.segment import has_mask, segment_mask
+    from tasks.presence import has_mask
+    from tasks.segment import segment_mask
 
     res = PhotoResult(timings=timings)
     s = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The default mask segmenter and the mask-presence decision, on real faces.
+"""The default mask segmenter, on real faces (the mask-presence decision: tests/test_presence.py).
 
 Landmarks always come from the masked face, as they would on a real masked photo: under a mask
 FaceMesh only guesses the jaw (and guesses it high), which is what the segmenter has to survive.
@@ -13,7 +13,8 @@ from tasks.images import list_inputs, load_rgb
 from tasks.landmarks import detect_faces
 from tasks.regions import mask_region
 from tasks.render import load_templates, render_mask, render_procedural
-from tasks.segment import has_mask, iou, segment_kmeans, segment_mask
+from tasks.presence import has_mask
+from tasks.segment import iou, segment_kmeans, segment_mask
 from tests.conftest import shared
 
 
@@ -118,31 +119,4 @@ def test_real_masked_photos_get_whole_masks():
     assert (covered < 0.5).mean() <= 0.15, np.round(np.sort(covered), 2)
 
 
-def test_presence_tells_bare_from_masked_faces():
-    rng = np.random.default_rng(5)
-    bare, masked = [], []
-    for face, lm in _unseen_faces(shared("faces-bulk"), 60):
-        bare.append(has_mask(face, lm)[0])
-        m, _ = render_procedural(face, lm, rng)
-        again = detect_faces(m)
-        masked.append(bool(again) and has_mask(m, again[0])[0])
-    assert np.mean(bare) <= 0.05 and np.mean(masked) >= 0.95, (np.mean(bare), np.mean(masked))
-
-
-def test_greyscale_bare_faces_are_rarely_judged_masked():
-    """Without chroma presence is weaker; a stricter threshold keeps bare grey faces untouched,
-    since painting over a bare face is worse than leaving a masked one alone."""
-    import cv2
-
-    def grey(rgb):
-        return np.repeat(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-
-    rng = np.random.default_rng(5)
-    bare, masked = [], []
-    for face, lm in _unseen_faces(shared("faces-bulk"), 60):
-        bare.append(has_mask(grey(face), lm)[0])
-        m, _ = render_procedural(face, lm, rng)
-        again = detect_faces(grey(m))
-        masked.append(bool(again) and has_mask(grey(m), again[0])[0])
-    assert np.mean(bare) <= 0.05, np.mean(bare)
-    assert np.mean(masked) >= 0.4, np.mean(masked)  # most grey masks are still found
+# The presence tests (bare against masked, colour and grey) moved to tests/test_presence.py.
