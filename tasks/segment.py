@@ -229,41 +229,138 @@ def _clean(binary: np.ndarray, size: float) -> np.ndarray:
     return _fill_holes(_largest_component(binary))
 
 
+def _grabcut(face: "_Face", likely: np.ndarray, sure: np.ndarray, seed: int, skin_is_background: bool = True):
+    """GrabCut at the working scale from a first guess: (foreground 0/255, bgd model, fgd model)."""
+    gc = np.full(face.crop.shape[:2], cv2.GC_BGD, np.uint8)
+    gc[face.search] = cv2.GC_PR_BGD
+    gc[likely] = cv2.GC_PR_FGD
+    if skin_is_background:
+        gc[face.skin > 0] = cv2.GC_BGD
+    gc[sure] = cv2.GC_FGD
+    cv2.setRNGSeed(seed)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(face.crop, gc, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+    fg = _fill_holes(_largest_component(np.where((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)))
+    return fg, bgd, fgd
+
+
 def _segment(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
     """Binary (0/255) mask, possibly empty.
 
     A skin model from the upper face marks the mask region's pixels unlike skin (Otsu's
     threshold of the distance); GrabCut, started from that guess, learns mask and background
     colours and cuts along edges at a small working scale; a band around its edge is then
-    re-decided by the same colour models at full resolution.
+    re-decided by the same colour models at full resolution. Where that keeps only a fragment
+    of the core (a strap, a filter, a highlight: the skin sample itself was partly mask), GrabCut
+    starts again from the whole core. Thin straps and ear loops beside the mask are added last.
     """
     face = _Face(rgb, landmarks)
     if not face.ok or face.likely.sum() < 10:  # no colour contrast to cut along
         return np.zeros(rgb.shape[:2], np.uint8)
-    gc = np.full(face.crop.shape[:2], cv2.GC_BGD, np.uint8)
-    gc[face.search] = cv2.GC_PR_BGD
-    gc[face.likely] = cv2.GC_PR_FGD
-    gc[face.skin > 0] = cv2.GC_BGD
     likely = np.where(face.likely, 255, 0).astype(np.uint8)
-    gc[cv2.erode(likely, _disk(SURE_ERODE * WORK_FACE_HEIGHT)) > 0] = cv2.GC_FGD
-    cv2.setRNGSeed(seed)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(face.crop, gc, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
-    fg = _fill_holes(_largest_component(np.where((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)))
+    fg, bgd, fgd = _grabcut(face, face.likely, cv2.erode(likely, _disk(SURE_ERODE * WORK_FACE_HEIGHT)) > 0, seed)
     if (fg > 0).sum() < 0.3 * face.likely.sum() or not (fgd.ravel()[:5] > 0).any():
         # GrabCut lost the mask (it can let a small, faint one go): keep the first guess
-        return face.paste(face.full_size(_clean(likely, 0.06 * WORK_FACE_HEIGHT)) > 127).astype(np.uint8) * 255
-    # full resolution: the band around GrabCut's edge goes to the likelier of its two colour models
-    up = face.full_size(fg)
+        fg, fgd = _clean(likely, 0.06 * WORK_FACE_HEIGHT), None
+    chin = face.core & (down_face(face.lm, face.crop.shape) > FRAGMENT_BELOW)
+    if ((fg > 0) & chin).sum() < FRAGMENT * chin.sum():
+        # a fragment: every mask, worn well or not, covers the chin, and this misses most of it
+        # (a strap, a filter, a highlight: the skin sample itself was partly mask). The mask,
+        # not skin, is what fills most of the core: start from all of it
+        core = np.where(face.core, 255, 0).astype(np.uint8)
+        fg2, bgd2, fgd2 = _grabcut(face, face.core, cv2.erode(core, _disk(SURE_ERODE * WORK_FACE_HEIGHT)) > 0,
+                                   seed, skin_is_background=False)
+        if ((fg2 > 0) & face.core).sum() > ((fg > 0) & face.core).sum() and (fgd2.ravel()[:5] > 0).any():
+            fg, bgd, fgd = fg2, bgd2, fgd2
     box = rgb[face.y0:face.y1, face.x0:face.x1]
     fh = face_height(landmarks)
-    band_kernel = _disk(EDGE_BAND * fh)
-    band = (cv2.dilate(up, band_kernel) > 127) & (cv2.erode(up, band_kernel) <= 127)
-    llr = np.where(up > 127, 4.0, -4.0).astype(np.float32)
-    colours = cv2.GaussianBlur(box, (3, 3), 0)[band].astype(np.float32)
-    llr[band] = np.clip(_gmm_loglik(colours, fgd) - _gmm_loglik(colours, bgd), -4.0, 4.0)
-    llr = cv2.GaussianBlur(llr, (0, 0), max(0.5, 0.012 * fh))
-    return face.paste(_fill_holes(_largest_component(np.where(llr > 0, 255, 0).astype(np.uint8))))
+    up = face.full_size(fg)
+    if fgd is None:
+        mask = np.where(up > 127, 255, 0).astype(np.uint8)
+    else:
+        # full resolution: the band around GrabCut's edge goes to the likelier of its two colour models
+        band_kernel = _disk(EDGE_BAND * fh)
+        band = (cv2.dilate(up, band_kernel) > 127) & (cv2.erode(up, band_kernel) <= 127)
+        llr = np.where(up > 127, 4.0, -4.0).astype(np.float32)
+        colours = cv2.GaussianBlur(box, (3, 3), 0)[band].astype(np.float32)
+        llr[band] = np.clip(_gmm_loglik(colours, fgd) - _gmm_loglik(colours, bgd), -4.0, 4.0)
+        llr = cv2.GaussianBlur(llr, (0, 0), max(0.5, 0.012 * fh))
+        mask = _fill_holes(_largest_component(np.where(llr > 0, 255, 0).astype(np.uint8)))
+    if ADD_STRAPS:
+        mask = add_straps(box, mask, landmarks - np.float32([face.x0, face.y0]))
+    return face.paste(mask)
+
+
+# --- ear loops and straps: thin lines from the mask's sides towards the ears ---------------------------
+# Off: on MaskedFace-Net photos it also took hair and jaw edges beside the mask, and the fill
+# then changed pixels beyond the mask grown by 15% in 23 of 120 photos (6 without it), while on
+# rendered masks it filled only about a third of the ear-loop pixels left (bench-coverage).
+ADD_STRAPS = False
+FRAGMENT = 0.35           # a found mask covering less of the core's lower part than this is a fragment
+FRAGMENT_BELOW = 0.6      # the core's lower part: below this (nose bridge 0, chin 1)
+STRAP_WIDTH = 0.07        # face heights: lines narrower than this count as straps (top-hat size)
+STRAP_CONTRAST = 14.0     # least top-hat response (weighted Lab) of a strap pixel
+STRAP_REACH = 0.9         # face heights beyond the mask's side a strap is followed
+STRAP_THIN = 0.06         # face heights: a strap's area over its length, at most
+STRAP_TOP, STRAP_BOTTOM = -0.25, 1.05  # straps leave the mask between these heights (nose bridge 0, chin 1)
+STRAP_OUT = 0.1           # face heights a strap reaches beyond the mask's side, at least
+
+
+def strap_candidates(rgb: np.ndarray, fh: float) -> np.ndarray:
+    """Pixels on lines narrower than STRAP_WIDTH face heights that stand out from what is around
+    them, lighter or darker, in lightness or colour (bool)."""
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32) * np.float32([1.0, 1.5, 1.5])
+    kernel = _disk(STRAP_WIDTH * fh)
+    response = np.zeros(rgb.shape[:2], np.float32)
+    for c in range(3):
+        ch = lab[..., c]
+        top = cv2.morphologyEx(ch, cv2.MORPH_TOPHAT, kernel)
+        black = cv2.morphologyEx(ch, cv2.MORPH_BLACKHAT, kernel)
+        response = np.maximum(response, np.maximum(top, black))
+    return response > STRAP_CONTRAST
+
+
+def add_straps(rgb: np.ndarray, mask: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """The mask (0/255) with the thin lines that leave its sides towards the ears (ear loops,
+    straps), as thin as they are. Lines must touch the mask, lie beside it (not above or below
+    the face's middle), stay within STRAP_REACH face heights of it and be thin (hair locks and
+    glasses frames are mostly wider, or do not touch the mask's side)."""
+    if not mask.any():
+        return mask
+    fh = max(face_height(landmarks), 1.0)
+    lines = strap_candidates(rgb, fh) & (mask == 0)
+    # beside the mask: across the face's axis, beyond the middle half of the mask's width
+    top, chin = landmarks[NOSE_BRIDGE].astype(np.float32), landmarks[CHIN].astype(np.float32)
+    axis = (chin - top) / (np.linalg.norm(chin - top) + 1e-6)
+    across = np.float32([-axis[1], axis[0]])
+    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]].astype(np.float32)
+    u = (xx - top[0]) * across[0] + (yy - top[1]) * across[1]
+    v = ((xx - top[0]) * axis[0] + (yy - top[1]) * axis[1]) / fh
+    mu = u[mask > 0]
+    lo, hi = np.percentile(mu, 2), np.percentile(mu, 98)
+    left, right = u < lo + 0.25 * (hi - lo), u > hi - 0.25 * (hi - lo)
+    side = (left | right) & (v > STRAP_TOP) & (v < STRAP_BOTTOM)
+    near = cv2.distanceTransform(np.where(mask > 0, 0, 255).astype(np.uint8), cv2.DIST_L2, 3) <= STRAP_REACH * fh
+    lines &= side & near
+    if not lines.any():
+        return mask
+    touch = cv2.dilate(mask, _disk(0.04 * fh)) > 0
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(lines.astype(np.uint8), connectivity=8)
+    out = mask.copy()
+    for i in range(1, n):
+        comp = labels == i
+        length = max(stats[i, cv2.CC_STAT_WIDTH], stats[i, cv2.CC_STAT_HEIGHT])
+        if length < 0.15 * fh or stats[i, cv2.CC_STAT_AREA] > STRAP_THIN * fh * length:
+            continue
+        # it leaves the mask's side outwards, towards an ear
+        # and ends beside the face: a line running on out of the band above or below is a hair
+        # lock's or the jaw's edge
+        cu, cv = u[comp], v[comp]
+        if cv.min() < STRAP_TOP + 0.05 or cv.max() > STRAP_BOTTOM - 0.05:
+            continue
+        if (comp & touch).any() and (cu.min() < lo - STRAP_OUT * fh or cu.max() > hi + STRAP_OUT * fh):
+            out[comp] = 255
+    return out
 
 
 def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
