@@ -209,6 +209,10 @@ def folder(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be done; write nothing."),
     shard_size: int = typer.Option(16, help="Photos per task."),
     max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse photos above this many pixels (decompression bombs)."),
+    masks: Optional[Path] = typer.Option(None, help="Your own masks instead of the found ones: a folder with the "
+                                                    "same relative paths (any image type), white = mask."),
+    assume_masked: bool = typer.Option(False, "--assume-masked", help="Every face wears a mask: skip the "
+                                                                      "mask/no-mask decision."),
 ):
     """Unmask a folder of photos: full-size results, masks, a manifest and an HTML report (unmask-folder)."""
     from flows.folder import check_inputs, unmask_folder
@@ -216,7 +220,8 @@ def folder(
     from tasks.folder import plan
 
     try:
-        check_inputs(str(input_dir), str(reference) if reference else None, str(pairs) if pairs else None, method)
+        check_inputs(str(input_dir), str(reference) if reference else None, str(pairs) if pairs else None, method,
+                     str(masks) if masks else None)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"{exc} (see `unmask folder --help`)")
     with _fatal_errors():
@@ -224,7 +229,8 @@ def folder(
                      str(pairs) if pairs else None)
         params = dict(input_dir=str(input_dir), output_dir=str(output_dir),
                       reference=str(reference) if reference else None, pairs=str(pairs) if pairs else None,
-                      model=model, method=method, overwrite=overwrite)
+                      model=model, method=method, overwrite=overwrite, masks=str(masks) if masks else None,
+                      assume_masked=assume_masked)
         with prefect_api():
             if dry_run:
                 stdout.print_json(json.dumps(unmask_folder(**params, dry_run=True)))

@@ -38,7 +38,8 @@ def _run_shards(shards: list[list[dict]], opts: FolderOptions, workers: int | No
     return rows
 
 
-def check_inputs(input_dir: str, reference: str | None, pairs: str | None, method: str = "gan") -> None:
+def check_inputs(input_dir: str, reference: str | None, pairs: str | None, method: str = "gan",
+                 masks: str | None = None) -> None:
     """The same checks for the command line and a deployment run: one clear error each."""
     from pathlib import Path
 
@@ -55,15 +56,17 @@ def check_inputs(input_dir: str, reference: str | None, pairs: str | None, metho
         raise FileNotFoundError(f"reference {reference} does not exist")
     if pairs and not Path(pairs).is_file():
         raise FileNotFoundError(f"pairs {pairs} does not exist")
+    if masks and not Path(masks).is_dir():
+        raise FileNotFoundError(f"masks folder {masks} does not exist")
 
 
 def resolve(method: str, model: str | None, output_dir: str, input_dir: str, overwrite: bool,
-            max_pixels: int) -> FolderOptions:
+            max_pixels: int, masks: str | None = None, assume_masked: bool = False) -> FolderOptions:
     """Options with the model pinned to a version (raises ModelNotFound when there is none)."""
     from flows.tracking import tracking_uri
 
     opts = FolderOptions(input_dir=str(input_dir), output_dir=str(output_dir), method=method,
-                         overwrite=overwrite, max_pixels=max_pixels)
+                         overwrite=overwrite, max_pixels=max_pixels, masks_dir=masks, assume_masked=assume_masked)
     if method == "gan":
         from model.inference import resolve_model
 
@@ -102,6 +105,8 @@ def unmask_folder(
     dry_run: bool = False,
     shard_size: int = 16,
     max_pixels: int = MAX_PIXELS,
+    masks: str | None = None,
+    assume_masked: bool = False,
 ) -> dict:
     """Unmask every photo under `input_dir` into `output_dir`; returns the summary (or the plan)."""
     from prefect.artifacts import create_markdown_artifact
@@ -111,8 +116,8 @@ def unmask_folder(
 
     log = get_run_logger()
     start = time.perf_counter()
-    check_inputs(input_dir, reference, pairs, method)
-    opts = resolve(method, model, output_dir, input_dir, overwrite, max_pixels)
+    check_inputs(input_dir, reference, pairs, method, masks)
+    opts = resolve(method, model, output_dir, input_dir, overwrite, max_pixels, masks, assume_masked)
     items = plan(str(input_dir), str(output_dir), reference, pairs)
     preset = [preset_row(i) for i in items if i.get("status")]
     work = [i for i in items if not i.get("status")]

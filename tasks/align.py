@@ -26,18 +26,22 @@ def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
 
 def align_matrix(landmarks: np.ndarray, size: int) -> np.ndarray:
     """2x3 float32 matrix taking photo pixels to crop pixels."""
-    quad = ffhq_quad(landmarks).astype(np.float32)
+    quad = ffhq_quad(landmarks[:, :2]).astype(np.float32)
     dst = np.float32([[0, 0], [0, size], [size, size]])
     return cv2.getAffineTransform(quad[:3], dst)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    return (points @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+    """Points (N, 2), or (N, 3) with depth (scaled with the image), through a 2x3 similarity."""
+    xy = points[:, :2] @ matrix[:, :2].T + matrix[:, 2]
+    if points.shape[1] > 2:
+        xy = np.hstack([xy, points[:, 2:] * _scale(matrix)])
+    return xy.astype(np.float32)
 
 
 def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 256):
     """Aligned square crop, its landmarks in crop pixels, and the 2x3 photo-to-crop matrix."""
-    matrix = align_matrix(landmarks, size)
+    matrix = align_matrix(landmarks[:, :2], size)
     crop = cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_AREA if _scale(matrix) < 1 else cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REFLECT_101)
     return crop, transform_points(landmarks, matrix), matrix

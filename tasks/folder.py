@@ -21,7 +21,8 @@ from tasks.errors import Reject
 from tasks.images import MAX_PIXELS, is_image_name
 
 STATUSES = ("ok", "no-face", "no-mask", "no-reference-face", "error")
-MANIFEST_COLUMNS = ("input", "reference", "output", "status", "reason", "faces", "faces_rebuilt", "seconds")
+MANIFEST_COLUMNS = ("input", "reference", "output", "status", "reason", "faces", "faces_rebuilt", "presence",
+                    "seconds")
 METHODS = ("gan", "paste", "telea")
 # Further baselines that `unmask evaluate` scores: the raw (not colour-matched) paste, Navier-Stokes.
 BASELINES = ("paste-raw", "navier-stokes")
@@ -42,6 +43,8 @@ class FolderOptions(BaseModel):
     overwrite: bool = False
     max_pixels: int = MAX_PIXELS
     group: int = 8                     # photos whose faces go through the generator together
+    masks_dir: str | None = None       # the user's own masks (same relative paths, white = mask)
+    assume_masked: bool = False        # every face wears a mask: no presence decision
 
 
 def item_id(rel: str) -> str:
@@ -54,7 +57,34 @@ def output_of(rel: str) -> str:
 
 def _row(rel: str, reference: str = "", status: str = "error", reason: str = "", output: str = "") -> dict:
     return {"input": rel, "reference": reference, "output": output, "status": status, "reason": reason,
-            "faces": 0, "faces_rebuilt": 0, "seconds": 0.0}
+            "faces": 0, "faces_rebuilt": 0, "presence": "", "seconds": 0.0}
+
+
+def user_mask_path(masks_dir: str, rel: str) -> str | None:
+    """The user's mask for an input: the same relative path, or the same with another image
+    extension (a.jpg's mask may be a.png); None when there is none."""
+    root = Path(masks_dir)
+    same = root / rel
+    if same.is_file():
+        return str(same)
+    for cand in sorted(same.parent.glob(PurePosixPath(rel).stem + ".*")) if same.parent.is_dir() else []:
+        if is_image_name(cand.name) and cand.stem == PurePosixPath(rel).stem:
+            return str(cand)
+    return None
+
+
+def load_user_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
+    """A user's mask as 0/255 at the photo's size (EXIF applied), white = mask; or raise Reject."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            grey = np.asarray(ImageOps.exif_transpose(img).convert("L"))
+    except (OSError, ValueError) as exc:
+        raise Reject("mask-unreadable", f"{path}: {exc}") from None
+    if grey.shape != tuple(shape):
+        raise Reject("mask-size", f"{path} is {grey.shape[1]}x{grey.shape[0]}, the photo {shape[1]}x{shape[0]}")
+    return np.where(grey > 127, 255, 0).astype(np.uint8)
 
 
 # --- planning --------------------------------------------------------------------------------------
@@ -197,6 +227,13 @@ def _fingerprint(path: str | None) -> list | None:
     return [info.get("size"), info.get("mtime") or info.get("LastModified") and str(info["LastModified"])]
 
 
+def _mask_fingerprint(item: dict, opts: FolderOptions) -> list | None:
+    if not opts.masks_dir:
+        return None
+    path = user_mask_path(opts.masks_dir, item["input"])
+    return [path, _fingerprint(path)] if path else ["missing"]
+
+
 def record_path(output_dir: str, rel: str) -> str:
     return storage.join(storage.filesystem(output_dir)[1], RECORDS, item_id(rel) + ".json")
 
@@ -212,6 +249,8 @@ def is_done(item: dict, opts: FolderOptions) -> dict | None:
     rec = storage.read_json(fs, path)
     in_path = storage.join(storage.filesystem(opts.input_dir)[1], item["input"])
     if rec.get("fingerprint") != _fingerprint(in_path) or rec.get("reference_path") != item.get("reference_path"):
+        return None
+    if rec.get("mask") != _mask_fingerprint(item, opts) or bool(rec.get("assume_masked")) != opts.assume_masked:
         return None
     row = rec["row"]
     if row["output"] and not (fs.exists(storage.join(base, row["output"]))
@@ -296,7 +335,14 @@ def process_items(items: list[dict], opts: FolderOptions, timings: dict | None =
                             storage.filesystem(item["reference_path"])[1])
                     except (OSError, FileNotFoundError):
                         raise Reject("reference-missing", item["reference_path"]) from None
-                jobs, res = unmask.prepare_faces(photo, size, ref_bytes, timings)
+                user_mask = None
+                if opts.masks_dir:
+                    mask_path = user_mask_path(opts.masks_dir, item["input"])
+                    if mask_path is None:
+                        raise Reject("mask-missing", f"no mask for {item['input']} in {opts.masks_dir}")
+                    user_mask = load_user_mask(mask_path, photo.rgb.shape[:2])
+                jobs, res = unmask.prepare_faces(photo, size, ref_bytes, timings, user_mask, opts.assume_masked)
+                row["presence"] = ";".join(f"{p:.3f}" for p in res.presence)
                 if item.get("reason") == "reference-missing" and res.status == "ok":
                     res.reason = "reference-missing"
                 group.append((item, row, photo, jobs, res, time.perf_counter() - t0))
@@ -354,7 +400,8 @@ def _finish(item: dict, row: dict, images, photo, opts: FolderOptions, spent: fl
     row["seconds"] = round(spent + time.perf_counter() - s, 4)
     rec = {"row": row, "fingerprint": _fingerprint(storage.join(storage.filesystem(opts.input_dir)[1],
                                                                  item["input"])),
-           "reference_path": item.get("reference_path")}
+           "reference_path": item.get("reference_path"), "mask": _mask_fingerprint(item, opts),
+           "assume_masked": opts.assume_masked}
     storage.write_json_atomic(fs, record_path(opts.output_dir, item["input"]), rec)
     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - s
 

@@ -23,12 +23,12 @@ from tasks.align import align_face
 from tasks.errors import Reject
 from tasks.images import MAX_PIXELS, _to_rgb_array, encode_png, open_image
 from tasks.landmarks import detect_faces
-from tasks.colour import match_colour
-from tasks.reference import real_warp, synthetic_warp
+from tasks.reference import reference_crop, synthetic_reference_crop, warp_onto_face
 from tasks.regions import mask_region
 from tasks.render import RENDER_VERSION, load_templates, render_mask
 from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
-from tasks.segment import segment_kmeans
+from tasks.segment import segment_kmeans, segment_mask
+from tasks.unmask import grow_hole
 
 
 class Options(BaseModel):
@@ -94,7 +94,7 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
     s = t()
     photo = read_photo(fs, storage.join(base, source), opts.max_pixels)
     s = lap("decode", s)
-    faces = detect_faces(photo)
+    faces = detect_faces(photo, depth=True)
     s = lap("landmarks", s)
     if not faces:
         raise Reject("no-face", "FaceMesh found no face")
@@ -102,38 +102,47 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
     s = lap("align", s)
     iid = image_id(source)
     rng = np.random.default_rng(int(iid, 16) & 0xFFFFFFFF)
-    region = mask_region(lm, face.shape)
+    region = mask_region(lm[:, :2], face.shape)
     templates = load_templates(opts.mask_templates) if opts.mask_templates else None
-    masked, rendered = render_mask(face, lm, rng, templates)
+    masked, rendered = render_mask(face, lm[:, :2], rng, templates)
     s = lap("render", s)
-    segmented = segment_kmeans(masked, lm, seed=int(iid[:6], 16))
+    segmented = segment_kmeans(masked, lm[:, :2], seed=int(iid[:6], 16))
     s = lap("segment", s)
-    warped, kind = None, "real"
+    # What inference sees of this face: FaceMesh on the masked face (it guesses the lower face)
+    # and the mask the default segmenter finds there. Where FaceMesh misses the masked face, the
+    # bare face's landmarks stand in (such a photo would be `no-face` at inference).
+    again = detect_faces(masked, depth=True)
+    lm_masked = again[0] if again else lm
+    found = segment_mask(masked, lm_masked[:, :2])
+    s = lap("masked_landmarks", s)
+    reference, kind = None, "real"
     if source in opts.references:
         try:
             other = read_photo(fs, storage.join(base, opts.references[source]), opts.max_pixels)
-            warped = real_warp(other, lm, opts.size)
+            reference = reference_crop(other, opts.size)
         except Reject:
-            warped = None  # an unusable reference photo falls back to a synthetic one
-    if warped is None:
-        warped, kind = synthetic_warp(face, lm, rng), "synthetic"
-    raw, valid = warped
+            reference = None  # an unusable reference photo falls back to a synthetic one
+    if reference is None:
+        reference, kind = synthetic_reference_crop(face, lm, rng), "synthetic"
+    warped = warp_onto_face(reference[0], reference[1], masked, lm_masked, found, grow_hole(found), kind)
     s = lap("warp", s)
-    matched = match_colour(raw, face, lm, rendered, valid)
-    s = lap("colour_match", s)
     row = {
         "id": iid,
         "source": source,
         "split": split_of(source, opts),
         "image": encode_png(face),
         "masked": encode_png(masked),
-        "reference_warped": encode_png(matched),
-        "reference_warped_raw": encode_png(raw),
+        "reference_warped": encode_png(warped.matched),
+        "reference_warped_raw": encode_png(warped.raw),
         "mask_region": encode_png(region),
         "mask_rendered": encode_png(rendered),
         "mask_segmented": encode_png(segmented),
-        "reference_valid": encode_png(valid),
-        "landmarks": lm.astype(np.float32).ravel().tolist(),
+        "mask_found": encode_png(found),
+        "reference_valid": encode_png(warped.valid),
+        "landmarks": lm[:, :2].astype(np.float32).ravel().tolist(),
+        "landmarks_masked": lm_masked.astype(np.float32).ravel().tolist(),
+        "landmarks_predicted": warped.landmarks.astype(np.float32).ravel().tolist(),
+        "reference_landmarks": reference[1].astype(np.float32).ravel().tolist(),
         "align_matrix": matrix.astype(np.float32).ravel().tolist(),
         "faces": len(faces),
         "reference_kind": kind,

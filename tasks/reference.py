@@ -1,7 +1,8 @@
 """The reference face for a target: a real second photo, or a synthetic one (FFHQ has one photo each).
 
 A synthetic reference is the same face re-posed and re-lit, its landmarks detected again and
-warped back with the TPS, so the network learns from a reference with real warp errors.
+warped back with the TPS, so the network learns from a reference with real warp errors. Both kinds
+meet the masked face through `warp_onto_face`, the same in preprocessing and at inference.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from tasks.align import align_face, transform_points
 from tasks.colour import match_colour
+from tasks.geometry import predict_landmarks
 from tasks.landmarks import detect_faces
 from tasks.warp import warp_reference
 
@@ -20,8 +22,9 @@ from tasks.warp import warp_reference
 class WarpedReference:
     raw: np.ndarray        # TPS-warped reference, RGB uint8
     matched: np.ndarray    # the same, colour-matched to the target
-    valid: np.ndarray      # 0/255: pixels the reference covers
+    valid: np.ndarray      # 0/255: pixels the reference's own face covers
     kind: str              # "synthetic" or "real"
+    landmarks: np.ndarray  # the target's landmarks it was warped onto (hidden ones predicted)
 
 
 def repose(face: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -53,35 +56,52 @@ def relight(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def synthetic_warp(face: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator):
-    """Re-pose and re-light the face, find its landmarks again, warp it back: (raw, valid)."""
-    posed, hom = repose(face, rng)
-    posed = relight(posed, rng)
-    found = detect_faces(posed)
-    if found:
-        ref_lm = found[0]
-    else:  # detection can fail on a strong re-pose: fall back to the exact transformed points
-        ref_lm = cv2.perspectiveTransform(landmarks[None].astype(np.float32), hom)[0]
-    return warp_reference(posed, ref_lm, landmarks, face.shape[:2])
-
-
-def real_warp(photo: np.ndarray, target_lm: np.ndarray, size: int):
-    """Warp the largest face of a second photo onto the target: (raw, valid), or None without a face."""
-    faces = detect_faces(photo)
+def reference_crop(photo: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(aligned crop, its landmarks with depth) of a photo's largest face, or None without a face:
+    how a real reference (a second photo of the person) enters every path."""
+    faces = detect_faces(photo, depth=True)
     if not faces:
         return None
-    crop, crop_lm, _ = align_face(photo, faces[0], size)
-    return warp_reference(crop, crop_lm, target_lm, (size, size))
+    crop, lm, _ = align_face(photo, faces[0], size)
+    return crop, lm
 
 
-def synthetic_reference(face, landmarks, hole, rng) -> WarpedReference:
-    raw, valid = synthetic_warp(face, landmarks, rng)
-    return WarpedReference(raw, match_colour(raw, face, landmarks, hole, valid), valid, "synthetic")
+def synthetic_reference_crop(face: np.ndarray, landmarks: np.ndarray,
+                             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The face re-posed and re-lit, and its landmarks (with depth) found again: a reference with
+    real detection error. Detection can fail on a strong re-pose: then the exact transformed points."""
+    posed, hom = repose(face, rng)
+    posed = relight(posed, rng)
+    found = detect_faces(posed, depth=True)
+    if found:
+        return posed, found[0]
+    xy = cv2.perspectiveTransform(landmarks[None, :, :2].astype(np.float32), hom)[0]
+    z = landmarks[:, 2:] if landmarks.shape[1] > 2 else np.zeros((len(landmarks), 1), np.float32)
+    return posed, np.hstack([xy, z]).astype(np.float32)
 
 
-def real_reference(photo, target, target_lm, hole, size) -> WarpedReference | None:
-    warped = real_warp(photo, target_lm, size)
-    if warped is None:
+def warp_onto_face(ref_image: np.ndarray, ref_lm: np.ndarray, crop: np.ndarray, landmarks: np.ndarray,
+                   found: np.ndarray | None, hole: np.ndarray, kind: str) -> WarpedReference:
+    """The one way a reference meets a masked face, in preprocessing, training and use alike:
+    the face's hidden landmarks predicted from the reference's own shape fitted to the visible
+    ones (`tasks.geometry`), the reference warped onto them, its colour matched on the skin ring.
+
+    found: the mask as found on the face (decides which landmarks are hidden; None: all seen);
+    hole: what will be filled (the colour match leaves it out).
+    """
+    predicted = predict_landmarks(landmarks, found, ref_lm)
+    raw, valid = warp_reference(ref_image, ref_lm, predicted, crop.shape[:2])
+    matched = match_colour(raw, crop, predicted[:, :2], hole, valid)
+    return WarpedReference(raw, matched, valid, kind, predicted)
+
+
+def synthetic_reference(face, landmarks, hole, rng, found=None) -> WarpedReference:
+    posed, ref_lm = synthetic_reference_crop(face, landmarks, rng)
+    return warp_onto_face(posed, ref_lm, face, landmarks, found, hole, "synthetic")
+
+
+def real_reference(photo, target, target_lm, hole, size, found=None) -> WarpedReference | None:
+    ref = reference_crop(photo, size)
+    if ref is None:
         return None
-    raw, valid = warped
-    return WarpedReference(raw, match_colour(raw, target, target_lm, hole, valid), valid, "real")
+    return warp_onto_face(ref[0], ref[1], target, target_lm, found, hole, "real")

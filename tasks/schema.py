@@ -1,7 +1,17 @@
-"""The explicit Parquet schema of preprocessed shards (a contract: readers check the version)."""
+"""The explicit Parquet schema of preprocessed shards (a contract: readers check the version).
+
+Version 2 (this one) adds what inference sees of each face, so training meets the same geometry:
+`landmarks_masked` (FaceMesh on the masked face, x, y, depth), `mask_found` (the default
+segmenter's mask there), `landmarks_predicted` (the landmarks the reference was warped onto:
+visible ones FaceMesh's, hidden ones from the fitted reference, `tasks.geometry`) and
+`reference_landmarks` (the reference's own, with depth, in the reference crop's pixels).
+`reference_warped*` and `reference_valid` are made from these by `tasks.reference.warp_onto_face`,
+the function `unmask folder` uses. Version 1 shards (warped onto the bare face's landmarks) are
+refused: preprocess again.
+"""
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 N_LANDMARKS = 478
 
 SHARD_SCHEMA = pa.schema(
@@ -16,8 +26,12 @@ SHARD_SCHEMA = pa.schema(
         pa.field("mask_region", pa.binary(), nullable=False),
         pa.field("mask_rendered", pa.binary(), nullable=False),
         pa.field("mask_segmented", pa.binary(), nullable=False),
+        pa.field("mask_found", pa.binary(), nullable=False),
         pa.field("reference_valid", pa.binary(), nullable=False),
         pa.field("landmarks", pa.list_(pa.float32(), 2 * N_LANDMARKS), nullable=False),
+        pa.field("landmarks_masked", pa.list_(pa.float32(), 3 * N_LANDMARKS), nullable=False),
+        pa.field("landmarks_predicted", pa.list_(pa.float32(), 3 * N_LANDMARKS), nullable=False),
+        pa.field("reference_landmarks", pa.list_(pa.float32(), 3 * N_LANDMARKS), nullable=False),
         pa.field("align_matrix", pa.list_(pa.float32(), 6), nullable=False),
         pa.field("faces", pa.int16(), nullable=False),
         pa.field("reference_kind", pa.string(), nullable=False),
@@ -35,5 +49,3 @@ REJECT_SCHEMA = pa.schema(
 )
 
 ROW_GROUP_SIZE = 100
-PNG_COLUMNS = ("image", "masked", "reference_warped", "reference_warped_raw")
-MASK_COLUMNS = ("mask_region", "mask_rendered", "mask_segmented", "reference_valid")

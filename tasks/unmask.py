@@ -17,12 +17,12 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from tasks.align import align_matrix
-from tasks.colour import match_colour
+from tasks.align import align_matrix, transform_points
 from tasks.errors import Reject
+from tasks.geometry import predict_landmarks
 from tasks.images import MAX_PIXELS, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
-from tasks.warp import warp_reference
+from tasks.reference import reference_crop, warp_onto_face
 
 MIN_FACE_PX = 24        # faces narrower than this in the photo are left alone
 FEATHER_FRAC = 0.04     # dilation and feather width, as a share of the face's crop side
@@ -89,7 +89,7 @@ def encode_mask(mask: np.ndarray) -> bytes:
 class FaceJob:
     """One masked face on its way through the fill: crop-sized arrays and where it goes back."""
     crop: np.ndarray          # size x size x 3 uint8
-    landmarks: np.ndarray     # in crop pixels
+    landmarks: np.ndarray     # in crop pixels, with depth; the hidden ones predicted (tasks.geometry)
     matrix: np.ndarray        # 2x3 photo -> crop
     hole: np.ndarray          # size x size 0/255: what is filled (the found mask, grown)
     reference: np.ndarray     # colour-matched warped reference (zeros without one)
@@ -105,8 +105,7 @@ class PhotoResult:
     faces_rebuilt: int = 0
     status: str = "ok"
     reason: str = ""
-    mask: np.ndarray | None = None
-    native: np.ndarray | None = None
+    presence: list[float] = field(default_factory=list)  # per face: probability it wears a mask
     timings: dict = field(default_factory=dict)
 
 
@@ -114,19 +113,13 @@ class PhotoResult:
 
 @functools.lru_cache(maxsize=64)
 def reference_face(data: bytes, size: int, max_pixels: int = MAX_PIXELS):
-    """(aligned crop, its landmarks) of a reference photo's largest face, or None: cached, as one
-    reference often serves many inputs."""
+    """(aligned crop, its landmarks with depth) of a reference photo's largest face, or None:
+    cached, as one reference often serves many inputs."""
     try:
         photo = _to_rgb_array(open_image(data, max_pixels))
     except Reject:
         return None
-    faces = detect_faces(photo)
-    if not faces:
-        return None
-    from tasks.align import align_face
-
-    crop, lm, _ = align_face(photo, faces[0], size)
-    return crop, lm
+    return reference_crop(photo, size)
 
 
 # --- fills -----------------------------------------------------------------------------------------
@@ -169,14 +162,16 @@ def _lap(timings: dict, name: str, start: float) -> float:
     return now
 
 
-def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dict) -> tuple[list[FaceJob], PhotoResult]:
-    """Landmarks, crops, mask decision and segmentation, reference warp: everything before the fill."""
-    from tasks.presence import has_mask
-    from tasks.segment import segment_mask
+def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dict,
+                  user_mask: np.ndarray | None = None, assume_masked: bool = False) -> tuple[list[FaceJob], PhotoResult]:
+    """Landmarks, crops, mask decision and segmentation, reference warp: everything before the fill.
 
+    user_mask: the user's own mask at the photo's size (0/255), used instead of the found one;
+    assume_masked: every face wears a mask (the presence decision is skipped).
+    """
     res = PhotoResult(timings=timings)
     s = time.perf_counter()
-    faces = [f for f in detect_faces(photo.rgb) if np.ptp(f[:, 0]) >= MIN_FACE_PX]
+    faces = [f for f in detect_faces(photo.rgb, depth=True) if np.ptp(f[:, 0]) >= MIN_FACE_PX]
     s = _lap(timings, "landmarks", s)
     res.faces = len(faces)
     if not faces:
@@ -192,28 +187,57 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
     for lm_photo in faces:
         matrix = align_matrix(lm_photo, size)
         crop = cv2.warpAffine(photo.rgb, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101)
-        lm = (lm_photo @ matrix[:, :2].T + matrix[:, 2]).astype(np.float32)
+        lm = transform_points(lm_photo, matrix)
+        given = None
+        if user_mask is not None:
+            given = np.where(cv2.warpAffine(user_mask, matrix, (size, size), flags=cv2.INTER_LINEAR) > 127, 255,
+                             0).astype(np.uint8)
         s = _lap(timings, "align", s)
-        masked, _score = has_mask(crop, lm)
-        if not masked:
-            s = _lap(timings, "segment", s)
-            continue
-        found = segment_mask(crop, lm)
-        s = _lap(timings, "segment", s)
-        if not found.any():
-            continue
-        hole = grow_hole(found)
-        if ref is not None:
-            raw, valid = warp_reference(ref[0], ref[1], lm, (size, size))
-            matched = match_colour(raw, crop, lm, hole, valid)
-        else:
-            raw = matched = np.zeros_like(crop)
-            valid = np.zeros((size, size), np.uint8)
-        s = _lap(timings, "warp", s)
-        jobs.append(FaceJob(crop, lm, matrix, hole, matched, valid, raw, found=found))
+        job, score = prepare_face(crop, lm, ref, timings, given, assume_masked)
+        res.presence.append(score)
+        s = time.perf_counter()
+        if job is not None:
+            job.matrix = matrix
+            jobs.append(job)
     if not jobs:  # faces, but none wearing a mask: left alone
         res.status, res.reason = "no-mask", "no-mask"
     return jobs, res
+
+
+def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.ndarray, np.ndarray] | None,
+                 timings: dict | None = None, given: np.ndarray | None = None,
+                 assume_masked: bool = False) -> tuple[FaceJob | None, float]:
+    """One aligned face (crop, FaceMesh landmarks with depth): is there a mask, where, and the
+    reference warped onto the face's predicted landmarks (`tasks.reference.warp_onto_face`, as in
+    preprocessing). Returns (the job, or None when the face wears no mask; the presence score).
+
+    reference: (crop, landmarks) or None; given: the user's mask on this crop (0/255), which
+    replaces both the presence decision and the segmentation (an empty one: no mask here)."""
+    from tasks.presence import has_mask
+    from tasks.segment import segment_mask
+
+    timings = {} if timings is None else timings
+    s = time.perf_counter()
+    masked, score = has_mask(crop, landmarks[:, :2])
+    if given is not None:
+        found = given
+    elif masked or assume_masked:
+        found = segment_mask(crop, landmarks[:, :2])
+    else:
+        found = None
+    s = _lap(timings, "segment", s)
+    if found is None or not found.any():
+        return None, score
+    hole = grow_hole(found)
+    if reference is not None:
+        warped = warp_onto_face(reference[0], reference[1], crop, landmarks, found, hole, "real")
+        raw, matched, valid, lm = warped.raw, warped.matched, warped.valid, warped.landmarks
+    else:
+        raw = matched = np.zeros_like(crop)
+        valid = np.zeros(crop.shape[:2], np.uint8)
+        lm = predict_landmarks(landmarks, found, None)
+    _lap(timings, "warp", s)
+    return FaceJob(crop, lm, np.eye(2, 3, dtype=np.float32), hole, matched, valid, raw, found=found), score
 
 
 def grow_hole(found: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tasks.regions import face_region
+
 # 30 FaceMesh points spread over the face: brows, eye corners, irises, nose, mouth, jaw, forehead.
 TPS_POINTS = [70, 105, 107, 336, 334, 300,      # brows
               33, 133, 362, 263, 468, 473,      # eyes
@@ -64,10 +66,14 @@ def tps_maps(target_pts: np.ndarray, reference_pts: np.ndarray, size: tuple[int,
 
 def warp_reference(reference: np.ndarray, reference_lm: np.ndarray, target_lm: np.ndarray,
                    size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Reference warped into the target's geometry, and its validity mask (0/255)."""
-    map_x, map_y = tps_maps(target_lm[TPS_POINTS].astype(np.float64),
-                            reference_lm[TPS_POINTS].astype(np.float64), size)
+    """Reference warped into the target's geometry, and its validity mask (0/255).
+
+    Valid are the pixels that map inside the reference's own face (its FaceMesh face oval) and
+    inside its picture: elsewhere the warp would bring the reference's background, hair or collar.
+    """
+    map_x, map_y = tps_maps(target_lm[TPS_POINTS, :2].astype(np.float64),
+                            reference_lm[TPS_POINTS, :2].astype(np.float64), size)
     warped = cv2.remap(reference, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    h, w = reference.shape[:2]
-    valid = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    return warped, np.where(valid, 255, 0).astype(np.uint8)
+    face = face_region(reference_lm[:, :2], reference.shape[:2])
+    valid = cv2.remap(face, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped, np.where(valid > 0, 255, 0).astype(np.uint8)

@@ -118,9 +118,10 @@ def test_every_photo_gets_its_answer(photo_folder, masked_astronaut, tmp_path):
     far = cv2.dilate(found, np.ones((41, 41), np.uint8)) == 0
     assert np.array_equal(result[far], masked[far])
     # the rebuilt hole is far closer to the face under the mask than the mask was (landmarks come
-    # from the masked photo, so the warped jaw is only roughly in place: 16 dB against 12.9 here)
+    # from the masked photo, the hidden ones predicted from the reference's fitted shape: 21.5 dB
+    # against 12.9 here, 16 dB with FaceMesh's own guess under the mask)
     hole = (truth > 0) & (found > 0)
-    assert _psnr(result, original, hole) > _psnr(masked, original, hole) + 2.5
+    assert _psnr(result, original, hole) > _psnr(masked, original, hole) + 6
     info = Image.open(out / "images" / "masked.png").info
     assert info["Software"].startswith("unmask") and info["unmask:method"] == "paste"
 
@@ -146,7 +147,7 @@ def test_every_photo_gets_its_answer(photo_folder, masked_astronaut, tmp_path):
         manifest = list(csv.DictReader(f))
     assert [r["input"] for r in manifest] == sorted(expect)
     assert list(manifest[0]) == ["input", "reference", "output", "status", "reason", "faces", "faces_rebuilt",
-                                 "seconds"]
+                                 "presence", "seconds"]
     assert (out / "manifest.csv").read_bytes().count(b"\r\n") == len(expect) + 1
 
 
@@ -317,3 +318,49 @@ def test_unmask_folder_command_with_the_champion_and_prefect_artifacts(photo_fol
         assert found["unmask-folder-progress"].flow_run_id == found["unmask-folder-summary"].flow_run_id
         assert "masked.png" not in found["unmask-folder-summary"].data  # only failures are listed
         assert "output-collision" in found["unmask-folder-summary"].data
+
+
+def test_user_masks_assume_masked_and_presence_scores(masked_astronaut, tmp_path):
+    """--masks DIR replaces the found masks (same relative paths, any image type), --assume-masked
+    skips the presence decision, and the manifest says how sure the decision was for each face."""
+    masked, truth = masked_astronaut
+    inp = tmp_path / "in"
+    _png(inp / "masked.png", Image.fromarray(masked))
+    _png(inp / "bare.jpg", Image.fromarray(astronaut()), quality=95)
+    _png(inp / "odd.png", Image.fromarray(masked))
+    _png(inp / "nomask.png", Image.fromarray(masked))
+
+    found = _run(inp, tmp_path / "found")
+    assert found["masked.png"]["status"] == "ok" and found["bare.jpg"]["status"] == "no-mask"
+    assert float(found["masked.png"]["presence"]) > 0.5 > float(found["bare.jpg"]["presence"])
+    manifest = list(csv.DictReader(open(tmp_path / "found" / "manifest.csv", encoding="utf-8")))
+    assert {r["input"]: r["presence"] for r in manifest}["masked.png"] == found["masked.png"]["presence"]
+
+    # the user's own masks: a box over the bare face's mouth, the true mask, a wrong-sized one
+    masks = tmp_path / "masks"
+    box = np.zeros(masked.shape[:2], np.uint8)
+    box[128:168, 195:252] = 255  # mouth and chin (FaceMesh: mouth corners at y 140, chin at 177)
+    _png(masks / "bare.png", Image.fromarray(box))          # bare.jpg's mask may be a PNG
+    _png(masks / "masked.png", Image.fromarray(truth))
+    _png(masks / "odd.png", Image.fromarray(truth[:100]))
+    given = _run(inp, tmp_path / "given", masks_dir=str(masks))
+    assert given["bare.jpg"]["status"] == "ok" and given["bare.jpg"]["faces_rebuilt"] == 1
+    assert (given["odd.png"]["status"], given["odd.png"]["reason"]) == ("error", "mask-size")
+    assert (given["nomask.png"]["status"], given["nomask.png"]["reason"]) == ("error", "mask-missing")
+    out_mask = np.asarray(Image.open(tmp_path / "given" / "masks" / "masked.png")) > 0
+    inter, union = (out_mask & (truth > 0)).sum(), (out_mask | (truth > 0)).sum()
+    assert inter / union > 0.97  # the user's mask, not a found one (only resampled through the crop)
+    result = np.asarray(Image.open(tmp_path / "given" / "images" / "bare.png").convert("RGB"))
+    bare = np.asarray(Image.open(inp / "bare.jpg").convert("RGB"))
+    changed = np.any(result != bare, axis=2)
+    bare_mask = np.asarray(Image.open(tmp_path / "given" / "masks" / "bare.png")) > 0
+    assert (bare_mask & (box > 0)).sum() / (bare_mask | (box > 0)).sum() > 0.97
+    assert changed[box > 0].mean() > 0.5  # refilled (Telea without a reference keeps a few values)
+    assert not changed[cv2.dilate(box, np.ones((61, 61), np.uint8)) == 0].any()
+
+    assumed = _run(inp, tmp_path / "assumed", assume_masked=True)
+    assert assumed["bare.jpg"]["status"] == "ok" and assumed["bare.jpg"]["faces_rebuilt"] == 1
+    assert float(assumed["bare.jpg"]["presence"]) < 0.5  # the score is still reported
+    # the answer depends on the flag: a rerun without it redoes the photo
+    again = _run(inp, tmp_path / "assumed")
+    assert again["bare.jpg"]["status"] == "no-mask" and not again["bare.jpg"].get("skipped")
