@@ -10,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.storage import write_file_atomic
+
 
 def astronaut() -> np.ndarray:
     from skimage import data
@@ -45,11 +47,17 @@ def write_demo_faces(folder: Path, n: int = 24, seed: int = 0) -> list[Path]:
     for i, img in enumerate(varied_faces(n, seed)):
         path = folder / f"astronaut-{i:03d}.{'png' if i % 4 == 0 else 'jpg'}"
         if not path.exists():
-            tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-            cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            tmp.rename(path)
+            _write_image(path, img)
         paths.append(path)
     return paths
+
+
+def _write_image(path: Path, rgb: np.ndarray) -> None:
+    """An RGB array as the file type its name says, written atomically."""
+    ok, buf = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode {path.name}")
+    write_file_atomic(path, buf.tobytes())
 
 
 def mask_photo(photo: np.ndarray, rng: np.random.Generator, templates=None, size: int = 256):
@@ -89,8 +97,6 @@ def write_masked_set(faces: list[Path], masked_dir: Path, seed: int = 0, templat
             made = mask_photo(load_rgb(path), rng, templates)
             if made is None:
                 continue
-            tmp = target.with_name(target.stem + ".tmp.png")
-            cv2.imwrite(str(tmp), cv2.cvtColor(made[0], cv2.COLOR_RGB2BGR))
-            tmp.rename(target)
+            _write_image(target, made[0])
         out.append(target)
     return out

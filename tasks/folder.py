@@ -7,7 +7,6 @@ after its image and mask), so a rerun skips what is complete and a crash loses n
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import time
@@ -18,15 +17,16 @@ from pydantic import BaseModel
 
 from tasks import storage
 from tasks.errors import Reject
-from tasks.images import MAX_PIXELS, is_image_name
+from tasks.images import MAX_PIXELS, is_image_name, read_pairs, walk
+from tasks.outputs import RECORDS, STATUSES, item_id, output_of
+from tasks.report import write_thumbnails
+from tasks.timing import lap
 
-STATUSES = ("ok", "no-face", "no-mask", "no-reference-face", "error")
 MANIFEST_COLUMNS = ("input", "reference", "output", "status", "reason", "faces", "faces_rebuilt", "presence",
                     "seconds")
 METHODS = ("gan", "paste", "telea")
 # Further baselines that `unmask evaluate` scores: the raw (not colour-matched) paste, Navier-Stokes.
 BASELINES = ("paste-raw", "navier-stokes")
-RECORDS = ".unmask/records"
 
 
 class FolderOptions(BaseModel):
@@ -45,14 +45,6 @@ class FolderOptions(BaseModel):
     group: int = 8                     # photos whose faces go through the generator together
     masks_dir: str | None = None       # the user's own masks (same relative paths, white = mask)
     assume_masked: bool = False        # every face wears a mask: no presence decision
-
-
-def item_id(rel: str) -> str:
-    return hashlib.sha1(rel.encode()).hexdigest()[:16]
-
-
-def output_of(rel: str) -> str:
-    return PurePosixPath(rel).with_suffix(".png").as_posix()
 
 
 def _row(rel: str, reference: str = "", status: str = "error", reason: str = "", output: str = "") -> dict:
@@ -105,26 +97,14 @@ def _is_local(url: str) -> bool:
 def list_folder(input_dir: str, output_dir: str) -> tuple[list[str], list[str]]:
     """(image inputs, rejected-as-outside) under input_dir, recursively, sorted; the output folder
     is never listed, even when it lies inside the input folder."""
-    fs, base = storage.filesystem(input_dir)
-    base = base.rstrip("/")
-    if not fs.isdir(base):
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    out_fs, out_base = storage.filesystem(output_dir)
-    out_base = out_base.rstrip("/")
+    root = Path(storage.filesystem(input_dir)[1].rstrip("/"))
     local = _is_local(input_dir)
-    root = Path(base)
     images, outside = [], []
-    for path in fs.find(base):
-        if path == out_base or path.startswith(out_base + "/"):
-            continue
-        rel = path[len(base):].lstrip("/")
+    for rel in walk(input_dir, skip=output_dir):
         if not is_image_name(rel):
             continue
-        if local and not _inside(root, root / rel):
-            outside.append(rel)
-        else:
-            images.append(rel)
-    return sorted(images), sorted(outside)
+        (outside if local and not _inside(root, root / rel) else images).append(rel)
+    return images, outside
 
 
 def _reference_index(ref_dir: Path) -> dict[str, list[Path]]:
@@ -133,21 +113,6 @@ def _reference_index(ref_dir: Path) -> dict[str, list[Path]]:
         if p.is_file() and is_image_name(p.name):
             by_stem.setdefault(p.stem, []).append(p)
     return by_stem
-
-
-def read_pairs(path: str) -> list[tuple[str, str]]:
-    """Rows of a pairs CSV (`input,reference`), exact duplicates dropped, order kept."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "input" not in reader.fieldnames:
-            raise ValueError(f"{path}: a pairs CSV needs the columns input,reference")
-        seen, rows = set(), []
-        for r in reader:
-            row = ((r.get("input") or "").strip(), (r.get("reference") or "").strip())
-            if row[0] and row not in seen:
-                seen.add(row)
-                rows.append(row)
-    return rows
 
 
 def _safe_rel(root: Path, rel: str) -> bool:
@@ -327,7 +292,7 @@ def process_items(items: list[dict], opts: FolderOptions, timings: dict | None =
                 s = time.perf_counter()
                 data = in_fs.cat_file(storage.join(in_base, item["input"]))
                 photo = unmask.load_photo(data, opts.max_pixels)
-                s = unmask._lap(timings, "decode", s)
+                s = lap(timings, "decode", s)
                 ref_bytes = None
                 if item.get("reference_path"):
                     try:
@@ -359,7 +324,7 @@ def process_items(items: list[dict], opts: FolderOptions, timings: dict | None =
         all_jobs = [j for g in group for j in g[3]]
         if all_jobs:
             fill(all_jobs)
-        unmask._lap(timings, "fill", s)
+        lap(timings, "fill", s)
         # the fill ran once for the whole group: each photo is charged its faces' share
         share = (time.perf_counter() - s) / max(len(all_jobs), 1)
         for item, row, photo, jobs, res, spent in group:
@@ -394,8 +359,7 @@ def _finish(item: dict, row: dict, images, photo, opts: FolderOptions, spent: fl
         storage.write_bytes_atomic(fs, mask, unmask.encode_mask(found))
         storage.write_bytes_atomic(fs, out, unmask.encode_photo(native, photo.mode, photo.icc, text))
         row["output"] = "images/" + item["output"]
-        from tasks.report import write_thumbnails  # while the pixels are in memory: the report decodes nothing
-
+        # while the pixels are in memory: the report decodes nothing
         write_thumbnails(opts.output_dir, item["input"], photo.rgb, found, native, row["status"])
     row["seconds"] = round(spent + time.perf_counter() - s, 4)
     rec = {"row": row, "fingerprint": _fingerprint(storage.join(storage.filesystem(opts.input_dir)[1],
@@ -403,7 +367,7 @@ def _finish(item: dict, row: dict, images, photo, opts: FolderOptions, spent: fl
            "reference_path": item.get("reference_path"), "mask": _mask_fingerprint(item, opts),
            "assume_masked": opts.assume_masked}
     storage.write_json_atomic(fs, record_path(opts.output_dir, item["input"]), rec)
-    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - s
+    lap(timings, "write", s)
 
 
 # --- manifest and summary --------------------------------------------------------------------------

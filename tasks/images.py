@@ -23,19 +23,42 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(EXTENSIONS)
 
 
-def list_inputs(root: str | os.PathLike) -> tuple[list[str], list[str]]:
-    """Sorted POSIX paths (relative to root, a folder or fsspec URL) of images, and of other files."""
+def walk(root: str | os.PathLike, skip: str | None = None) -> list[str]:
+    """Every file under root (a folder or fsspec URL), recursively: sorted POSIX paths relative to
+    root. `skip`: a folder (as a path or URL) left out with everything below it."""
     from tasks.storage import filesystem
 
     fs, base = filesystem(str(root))
     base = base.rstrip("/")
     if not fs.isdir(base):
         raise FileNotFoundError(f"input folder {root} does not exist")
-    images, ignored = [], []
-    for path in fs.find(base):
-        rel = path[len(base):].lstrip("/")
-        (images if is_image_name(rel) else ignored).append(rel)
-    return sorted(images), sorted(ignored)
+    skipped = filesystem(skip)[1].rstrip("/") if skip else None
+    return sorted(path[len(base):].lstrip("/") for path in fs.find(base)
+                  if not (skipped and (path == skipped or path.startswith(skipped + "/"))))
+
+
+def list_inputs(root: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """Sorted POSIX paths (relative to root, a folder or fsspec URL) of images, and of other files."""
+    rels = walk(root)
+    return [r for r in rels if is_image_name(r)], [r for r in rels if not is_image_name(r)]
+
+
+def read_pairs(path: str) -> list[tuple[str, str]]:
+    """Rows of a pairs CSV (`input,reference`), stripped, exact duplicates dropped, order kept;
+    the reference may be empty (none)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "input" not in reader.fieldnames:
+            raise ValueError(f"{path}: a pairs CSV needs the columns input,reference")
+        seen, rows = set(), []
+        for r in reader:
+            row = ((r.get("input") or "").strip(), (r.get("reference") or "").strip())
+            if row[0] and row not in seen:
+                seen.add(row)
+                rows.append(row)
+    return rows
 
 
 def _to_rgb_array(img: Image.Image) -> np.ndarray:

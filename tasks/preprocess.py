@@ -21,13 +21,15 @@ from pydantic import BaseModel, Field
 from tasks import storage
 from tasks.align import align_face
 from tasks.errors import Reject
-from tasks.images import MAX_PIXELS, _to_rgb_array, encode_png, open_image
+from tasks.images import MAX_PIXELS, _to_rgb_array, encode_png, open_image, read_pairs
 from tasks.landmarks import detect_faces
+from tasks.outputs import item_id as image_id  # one id hash for shard rows and folder records
 from tasks.reference import reference_crop, synthetic_reference_crop, warp_onto_face
 from tasks.regions import mask_region
 from tasks.render import RENDER_VERSION, load_templates, render_mask
 from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
 from tasks.segment import segment_kmeans, segment_mask
+from tasks.timing import lap
 from tasks.unmask import grow_hole
 
 
@@ -42,10 +44,6 @@ class Options(BaseModel):
     max_pixels: int = MAX_PIXELS
     references: dict[str, str] = {}  # source -> reference source, both relative to input_dir
     identities: dict[str, str] = {}  # source -> person, for person-level splits
-
-
-def image_id(source: str) -> str:
-    return hashlib.sha1(source.encode()).hexdigest()[:16]
 
 
 def _unit_hash(key: str) -> float:
@@ -81,40 +79,34 @@ def read_photo(fs, path: str, max_pixels: int) -> np.ndarray:
 
 def process_image(source: str, opts: Options, fs=None, timings: dict | None = None) -> dict:
     """One input photo to one row of the shard schema, or raise Reject."""
-    t = time.perf_counter
     clock = {} if timings is None else timings
-
-    def lap(name, start):
-        clock[name] = clock.get(name, 0.0) + t() - start
-        return t()
-
     if fs is None:
         fs, _ = storage.filesystem(opts.input_dir)
     base = storage.filesystem(opts.input_dir)[1]
-    s = t()
+    s = time.perf_counter()
     photo = read_photo(fs, storage.join(base, source), opts.max_pixels)
-    s = lap("decode", s)
+    s = lap(clock, "decode", s)
     faces = detect_faces(photo, depth=True)
-    s = lap("landmarks", s)
+    s = lap(clock, "landmarks", s)
     if not faces:
         raise Reject("no-face", "FaceMesh found no face")
     face, lm, matrix = align_face(photo, faces[0], opts.size)
-    s = lap("align", s)
+    s = lap(clock, "align", s)
     iid = image_id(source)
     rng = np.random.default_rng(int(iid, 16) & 0xFFFFFFFF)
     region = mask_region(lm[:, :2], face.shape)
     templates = load_templates(opts.mask_templates) if opts.mask_templates else None
     masked, rendered = render_mask(face, lm[:, :2], rng, templates)
-    s = lap("render", s)
+    s = lap(clock, "render", s)
     segmented = segment_kmeans(masked, lm[:, :2], seed=int(iid[:6], 16))
-    s = lap("segment", s)
+    s = lap(clock, "segment", s)
     # What inference sees of this face: FaceMesh on the masked face (it guesses the lower face)
     # and the mask the default segmenter finds there. Where FaceMesh misses the masked face, the
     # bare face's landmarks stand in (such a photo would be `no-face` at inference).
     again = detect_faces(masked, depth=True)
     lm_masked = again[0] if again else lm
     found = segment_mask(masked, lm_masked[:, :2])
-    s = lap("masked_landmarks", s)
+    s = lap(clock, "masked_landmarks", s)
     reference, kind = None, "real"
     if source in opts.references:
         try:
@@ -125,7 +117,7 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
     if reference is None:
         reference, kind = synthetic_reference_crop(face, lm, rng), "synthetic"
     warped = warp_onto_face(reference[0], reference[1], masked, lm_masked, found, grow_hole(found), kind)
-    s = lap("warp", s)
+    s = lap(clock, "warp", s)
     row = {
         "id": iid,
         "source": source,
@@ -147,7 +139,7 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
         "faces": len(faces),
         "reference_kind": kind,
     }
-    lap("encode", s)
+    lap(clock, "encode", s)
     return row
 
 
@@ -184,8 +176,7 @@ def process_shard(index: int, sources: list[str], opts: Options, timings: dict |
                             "detail": f"{type(exc).__name__}: {exc}"})
     t = time.perf_counter()
     storage.write_bytes_atomic(out_fs, final, _parquet_bytes(rows))
-    if timings is not None:
-        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t
+    lap({} if timings is None else timings, "write", t)
     record = {
         "shard": name,
         "rows": len(rows),
@@ -211,9 +202,7 @@ def merge_rejects(output_dir: str, records: list[dict]) -> None:
 
 def read_pairs_csv(path: str) -> dict[str, str]:
     """`input,reference` rows (relative to the input folder) to a mapping; empty references dropped."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return {PurePosixPath(r["input"]).as_posix(): PurePosixPath(r["reference"]).as_posix()
-                for r in csv.DictReader(f) if r.get("input") and r.get("reference")}
+    return {PurePosixPath(i).as_posix(): PurePosixPath(r).as_posix() for i, r in read_pairs(path) if r}
 
 
 def read_identities_csv(path: str) -> tuple[dict[str, str], dict[str, str]]:

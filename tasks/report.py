@@ -30,7 +30,7 @@ from PIL import Image
 
 from tasks import storage
 from tasks.errors import Reject
-from tasks.folder import STATUSES, item_id, output_of
+from tasks.outputs import STATUSES, item_id, output_of
 from tasks.images import _to_rgb_array, open_image
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,13 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     fs.mv(tmp, path)
 
 
+def write_file_atomic(url, data: bytes) -> None:
+    """write_bytes_atomic to a path or URL, its folder made first."""
+    fs, path = filesystem(str(url))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    write_bytes_atomic(fs, path, data)
+
+
 def write_json_atomic(fs, path: str, obj) -> None:
     write_bytes_atomic(fs, path, json.dumps(obj, indent=2, sort_keys=True).encode())
 

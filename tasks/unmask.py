@@ -23,6 +23,7 @@ from tasks.geometry import predict_landmarks
 from tasks.images import MAX_PIXELS, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
 from tasks.reference import reference_crop, warp_onto_face
+from tasks.timing import lap
 
 MIN_FACE_PX = 24        # faces narrower than this in the photo are left alone
 FEATHER_FRAC = 0.04     # dilation and feather width, as a share of the face's crop side
@@ -156,12 +157,6 @@ def fill_generator(jobs: list[FaceJob], generator, device, batch_size: int = 16)
 
 # --- one photo -------------------------------------------------------------------------------------
 
-def _lap(timings: dict, name: str, start: float) -> float:
-    now = time.perf_counter()
-    timings[name] = timings.get(name, 0.0) + now - start
-    return now
-
-
 def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dict,
                   user_mask: np.ndarray | None = None, assume_masked: bool = False) -> tuple[list[FaceJob], PhotoResult]:
     """Landmarks, crops, mask decision and segmentation, reference warp: everything before the fill.
@@ -172,7 +167,7 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
     res = PhotoResult(timings=timings)
     s = time.perf_counter()
     faces = [f for f in detect_faces(photo.rgb, depth=True) if np.ptp(f[:, 0]) >= MIN_FACE_PX]
-    s = _lap(timings, "landmarks", s)
+    s = lap(timings, "landmarks", s)
     res.faces = len(faces)
     if not faces:
         res.status, res.reason = "no-face", "no-face"
@@ -180,7 +175,7 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
     ref = None
     if reference is not None:
         ref = reference_face(reference, size)
-        s = _lap(timings, "reference", s)
+        s = lap(timings, "reference", s)
         if ref is None:
             res.status, res.reason = "no-reference-face", "no-face"
     jobs = []
@@ -192,7 +187,7 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
         if user_mask is not None:
             given = np.where(cv2.warpAffine(user_mask, matrix, (size, size), flags=cv2.INTER_LINEAR) > 127, 255,
                              0).astype(np.uint8)
-        s = _lap(timings, "align", s)
+        s = lap(timings, "align", s)
         job, score = prepare_face(crop, lm, ref, timings, given, assume_masked)
         res.presence.append(score)
         s = time.perf_counter()
@@ -225,7 +220,7 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.nd
         found = segment_mask(crop, landmarks[:, :2])
     else:
         found = None
-    s = _lap(timings, "segment", s)
+    s = lap(timings, "segment", s)
     if found is None or not found.any():
         return None, score
     hole = grow_hole(found)
@@ -236,7 +231,7 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.nd
         raw = matched = np.zeros_like(crop)
         valid = np.zeros(crop.shape[:2], np.uint8)
         lm = predict_landmarks(landmarks, found, None)
-    _lap(timings, "warp", s)
+    lap(timings, "warp", s)
     return FaceJob(crop, lm, np.eye(2, 3, dtype=np.float32), hole, matched, valid, raw, found=found), score
 
 
@@ -279,7 +274,7 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
         seg = j.hole if j.found is None else j.found
         found[y0:y1, x0:x1] |= np.where(cv2.warpAffine(seg, roi, (rw, rh), flags=cv2.INTER_LINEAR) > 127, 255, 0
                                         ).astype(np.uint8)
-    _lap(timings, "paste_back", s)
+    lap(timings, "paste_back", s)
     return native, found
 
 
