@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install system-deps demo test bench bench-preprocess bench-segment bench-train bench-folder bench-evaluate lock clean
+.PHONY: install system-deps demo test bench bench-geometry bench-preprocess bench-segment bench-train bench-folder bench-evaluate lock clean
 
 install: $(STAMP)
 
@@ -27,7 +27,11 @@ system-deps:
 test: install system-deps
 	$(BIN)/python -m pytest -q tests
 
-bench: bench-segment bench-preprocess bench-train bench-folder bench-evaluate
+bench: bench-geometry bench-segment bench-preprocess bench-train bench-folder bench-evaluate
+
+# Hidden landmarks per fit, paste PSNR, mask presence and coverage; contact sheet in out/bench-geometry/.
+bench-geometry: install
+	$(BIN)/python -m benchmarks.bench_geometry --data $(SHARED)
 
 bench-segment: install
 	$(BIN)/python -m benchmarks.bench_segment --data $(SHARED)
