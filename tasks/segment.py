@@ -8,6 +8,9 @@ polygon is unlike skin, and GrabCut, initialised from that, refines it at a smal
 """
 from __future__ import annotations
 
+import threading
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -363,11 +366,131 @@ def add_straps(rgb: np.ndarray, mask: np.ndarray, landmarks: np.ndarray) -> np.n
     return out
 
 
-def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Binary (0/255) mask, the default segmenter: `_segment` (above), or the landmark polygon,
-    which covers where a mask sits, where it finds nothing: no colour contrast to cut along (a
-    greyscale photo, a skin-coloured mask), or too few pixels unlike skin to keep (a pale mask on
-    pale skin). Callers decide presence apart (has_mask); an empty mask would leave a face judged
-    masked as it is."""
+def segment_grabcut(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Binary (0/255) mask from colour alone: `_segment` (above), or the landmark polygon, which
+    covers where a mask sits, where it finds nothing: no colour contrast to cut along (a greyscale
+    photo, a skin-coloured mask), or too few pixels unlike skin to keep (a pale mask on pale skin)."""
     found = _segment(rgb, landmarks, seed)
+    return found if found.any() else mask_region(landmarks, rgb.shape)
+
+
+# --- default segmenter: a small learned network ---------------------------------------------------------
+# A U-Net of about 0.2 M parameters (benchmarks/fit_segmenter.py, trained on masks rendered by
+# tasks/render.py onto faces-bulk faces, every template and the procedural ones, worn three ways,
+# in colour and grey, bare faces too, and on MaskedFace-Net's hand labels) sees the face aligned
+# to NET_SIZE px by its landmarks, with the landmark mask polygon as a fourth channel, and gives
+# the mask's probability per pixel. It runs with OpenCV's DNN module from an ONNX file: no torch
+# at run time. The training data and their licences are in the file's metadata.
+MODEL_PATH = Path(__file__).with_name("segmenter.onnx")
+NET_SIZE = 128
+PRIOR_CHIN = 0.10         # chin margin of the prior channel's polygon (face heights)
+PRIOR_BLUR = 2.0          # its blur, net pixels
+THRESHOLD = 0.5           # probability above which a pixel is mask ...
+LOW_THRESHOLD = 0.3       # ... and above which it is where it reaches out of such pixels (straps). On
+                          # bench-coverage's templates 0.5 left 1.16% of mask pixels unfilled, 0.3 0.94%;
+                          # added as a ring all along the edge (not only beyond STRAP_RING) it cost 0.013
+                          # hand-label IoU, as straps only nothing
+MIN_PART = 0.02           # parts of the mask smaller than this share of the largest are dropped
+STRAP_RING = 0.04         # face heights beyond the mask's edge where fainter pixels are not added
+_local = threading.local()
+
+
+def _net():
+    """The ONNX segmenter, one per thread (an OpenCV Net is not safe to share); None without the file."""
+    net = getattr(_local, "net", None)
+    if net is None and MODEL_PATH.exists():
+        net = cv2.dnn.readNetFromONNX(str(MODEL_PATH))
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        _local.net = net
+    return net
+
+
+def net_input(rgb: np.ndarray, landmarks: np.ndarray, size: int = NET_SIZE):
+    """The network's input for a face in any image: (1x4xSxS float32: RGB in -0.5..0.5 and the
+    blurred landmark mask polygon in 0..1, the 2x3 matrix from image to net pixels). A greyscale
+    (2-D) image is made RGB."""
+    from tasks.align import align_matrix
+
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    matrix = align_matrix(landmarks[:, :2], size).astype(np.float64)
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    src, to_src = rgb, matrix
+    if scale < 0.75:  # shrink the face's box by area first: a bilinear warp that far down aliases texture
+        corners = np.float64([[0, 0], [size, 0], [size, size], [0, size]])
+        inv = cv2.invertAffineTransform(matrix)
+        corners = corners @ inv[:, :2].T + inv[:, 2]
+        x0, y0 = np.maximum(np.floor(corners.min(axis=0)).astype(int) - 2, 0)
+        x1, y1 = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 2, rgb.shape[1::-1])
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            f = scale / 0.75
+            src = cv2.resize(rgb[y0:y1, x0:x1], (max(1, round((x1 - x0) * f)), max(1, round((y1 - y0) * f))),
+                             interpolation=cv2.INTER_AREA)
+            back = np.diag([(x1 - x0) / src.shape[1], (y1 - y0) / src.shape[0]])  # src pixels to box pixels
+            to_src = np.hstack([matrix[:, :2] @ back, (matrix[:, :2] @ np.float64([x0, y0]) + matrix[:, 2])[:, None]])
+    crop = cv2.warpAffine(src, to_src, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    lm = landmarks[:, :2].astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
+    prior = fill_polygon(mask_polygon(lm.astype(np.float32), chin_margin=PRIOR_CHIN), (size, size))
+    prior = cv2.GaussianBlur(prior.astype(np.float32) / 255.0, (0, 0), PRIOR_BLUR)
+    x = np.empty((1, 4, size, size), np.float32)
+    x[0, :3] = crop.transpose(2, 0, 1).astype(np.float32) / 255.0 - 0.5
+    x[0, 3] = prior
+    return x, matrix.astype(np.float32)
+
+
+def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """The learned segmenter's mask probability (float32 0..1) at the image's size, or None where
+    its model file is absent. Its sum over a face is the predicted mask area, a presence cue."""
+    net = _net()
+    if net is None:
+        return None
+    x, matrix = net_input(rgb, landmarks)
+    net.setInput(x)
+    logit = net.forward().reshape(NET_SIZE, NET_SIZE)
+    prob = (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32)
+    h, w = rgb.shape[:2]
+    return cv2.warpAffine(prob, cv2.invertAffineTransform(matrix), (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _keep_parts(binary: np.ndarray) -> np.ndarray:
+    """The mask less parts smaller than MIN_PART of its largest."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 2:
+        return binary
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= MIN_PART * areas.max()) + 1
+    return np.where(np.isin(labels, keep), 255, 0).astype(np.uint8)
+
+
+def segment_learned(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """Binary (0/255) mask from the learned segmenter, parts too small dropped and holes filled;
+    None where its model file is absent."""
+    prob = mask_probability(rgb, landmarks)
+    if prob is None:
+        return None
+    binary = _keep_parts(np.where(prob > THRESHOLD, 255, 0).astype(np.uint8))
+    if LOW_THRESHOLD < THRESHOLD and binary.any():
+        # ear loops and straps, thinner than the network's pixels, come out fainter: fainter pixels
+        # are added where they reach out of the mask, not as a ring all along its edge
+        fh = max(face_height(landmarks), 1.0)
+        ring = cv2.dilate(binary, _disk(STRAP_RING * fh))
+        out = np.where((prob > LOW_THRESHOLD) & (ring == 0), 255, 0).astype(np.uint8)
+        n, labels = cv2.connectedComponents(out, connectivity=8)
+        touching = np.unique(labels[(cv2.dilate(ring, _disk(3)) > 0) & (out > 0)])
+        binary = np.where(np.isin(labels, touching[touching > 0]) | (binary > 0), 255, 0).astype(np.uint8)
+    return _fill_holes(binary)
+
+
+def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0, method: str = "learned") -> np.ndarray:
+    """Binary (0/255) mask of the face's mask, the default segmenter. method "learned": the small
+    network above (`segment_learned`), or "grabcut": the skin model and GrabCut (`segment_grabcut`),
+    which is also used where the model file is absent. Where nothing is found the landmark
+    polygon is returned: callers decide presence apart (has_mask), and an empty mask would leave a
+    face judged masked as it is."""
+    if method not in ("learned", "grabcut"):
+        raise ValueError(f"method must be 'learned' or 'grabcut', not {method!r}")
+    found = segment_learned(rgb, landmarks) if method == "learned" else None
+    if found is None:
+        return segment_grabcut(rgb, landmarks, seed)
     return found if found.any() else mask_region(landmarks, rgb.shape)
