@@ -24,8 +24,11 @@ demo: install
 system-deps:
 	sh tests/setup-system.sh
 
+# The layers and their one direction (pyproject.toml [tool.importlinter], ARCHITECTURE.md), then
+# the tests in a random order (pytest-randomly; `-p no:randomly` for the file order).
 test: install system-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest -q -p randomly tests
 
 bench: bench-geometry bench-segment bench-preprocess bench-train bench-folder bench-evaluate
 

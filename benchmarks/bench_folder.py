@@ -16,9 +16,11 @@ from pathlib import Path
 
 from tasks.threads import THREAD_ENV
 
-os.environ.update(THREAD_ENV)
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+os.environ.update(THREAD_ENV)  # before numpy: BLAS reads it at start
+
+from flows.runtime import quiet_prefect_env  # noqa: E402
+
+quiet_prefect_env("ERROR")
 
 import numpy as np  # noqa: E402
 
@@ -30,7 +32,7 @@ STAGES = ["decode", "landmarks", "reference", "align", "segment", "warp", "fill"
 def register_untrained(channels: int = 32, size: int = 256) -> str:
     import mlflow
 
-    from flows import tracking
+    from tasks import registry as tracking
     from model.networks import Generator
 
     tracking.setup()

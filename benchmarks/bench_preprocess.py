@@ -11,9 +11,11 @@ from pathlib import Path
 
 from tasks.threads import THREAD_ENV
 
-os.environ.update(THREAD_ENV)
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+os.environ.update(THREAD_ENV)  # before numpy: BLAS reads it at start
+
+from flows.runtime import quiet_prefect_env  # noqa: E402
+
+quiet_prefect_env("ERROR")
 
 import numpy as np  # noqa: E402
 
@@ -79,7 +81,7 @@ def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
     interleaved so that all three see the same spells of this shared machine; medians."""
     from distributed import LocalCluster
 
-    from flows.preprocess import preprocess_ffhq
+    from flows.pipeline import preprocess_ffhq
     from flows.runtime import local_cluster_kwargs, prefect_api
 
     results: dict[int | str, list[float]] = {"loop": [], 1: [], 2: []}

@@ -19,8 +19,9 @@ from benchmarks.report import write_section
 
 def shards_for(faces: Path, size: int, limit: int | None) -> Path:
     """Preprocess (or reuse: finished shards are skipped) faces-bulk at this size."""
-    from flows.preprocess import preprocess_ffhq
-    from flows.runtime import prefect_api, unmask_home
+    from flows.pipeline import preprocess_ffhq
+    from flows.runtime import prefect_api
+    from tasks.storage import unmask_home
 
     out = unmask_home() / "bench" / f"faces-bulk-{size}-{limit or 'all'}"
     with prefect_api():
@@ -29,7 +30,7 @@ def shards_for(faces: Path, size: int, limit: int | None) -> Path:
 
 
 def loader_rate(data: Path, size: int, workers: int, batches: int = 30) -> float:
-    from model.data import ShardDataset
+    from tasks.dataset import ShardDataset
 
     loader = DataLoader(ShardDataset(data, "train", size), batch_size=8, num_workers=workers)
     it = iter(loader)
@@ -41,9 +42,10 @@ def loader_rate(data: Path, size: int, workers: int, batches: int = 30) -> float
 
 
 def train_rate(data: Path, size: int, steps: int = 6) -> float:
-    from model.train import TrainOptions, train
-
     import tempfile
+
+    from model.options import TrainOptions
+    from tasks.training import train
 
     with tempfile.TemporaryDirectory() as tmp:
         opts = TrainOptions(data=str(data), steps=1, batch_size=8, size=size, device="cpu", run_dir=tmp,
@@ -107,20 +109,23 @@ CPU only (no GPU was lent to this session). Batch 8, shards of 400 `faces-bulk` 
 
 
 def quality(faces: Path, minutes: float) -> str:
-    from flows.train import run_training
-    from model.train import TrainOptions, evaluate, validation_set
-    from flows.tracking import tracking_uri
     import mlflow
 
+    from model.options import TrainOptions
+    from model.train import score_generator
+    from tasks.dataset import validation_cases
+    from tasks.registry import tracking_uri
+    from tasks.training import baseline_scores, train_and_register
+
     data = shards_for(faces, 128, None)
-    summary = run_training(str(data), minutes=minutes, batch_size=8, size=128, device="cpu",
-                           register_as="unmask-bench")
+    summary = train_and_register(TrainOptions(data=str(data), minutes=minutes, batch_size=8, size=128, device="cpu",
+                                              register_as="unmask-bench"))
     model = mlflow.pyfunc.load_model(summary["model_uri"]).unwrap_python_model()
-    cases = validation_set(TrainOptions(data=str(data), size=128, val_cases=256), 128)
-    with_ref = evaluate(model.generator, cases, torch.device("cpu"))
+    cases = validation_cases(data, 128, 256)
+    with_ref = {**score_generator(model.generator, cases, torch.device("cpu")), **baseline_scores(cases)}
     no_ref_cases = [{**c, "reference": torch.zeros_like(c["reference"]),
                      "reference_valid": torch.zeros_like(c["reference_valid"])} for c in cases]
-    without = evaluate(model.generator, no_ref_cases, torch.device("cpu"), with_baselines=False)
+    without = score_generator(model.generator, no_ref_cases, torch.device("cpu"))
     rows = []
     for label, res, method in (("model, with reference", with_ref, "model"), ("model, without reference",
                                without, "model"), ("paste (colour-matched warped reference)", with_ref, "paste"),

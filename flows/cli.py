@@ -1,24 +1,21 @@
 """The `unmask` command line: one subcommand per job."""
 from __future__ import annotations
 
-import os
-
-# Before Prefect is imported: no analytics, and only warnings on the console (a progress bar shows the rest).
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import threading  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Optional  # noqa: E402
+import contextlib
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from flows.runtime import quiet_prefect_env
 from tasks.images import MAX_PIXELS
+
+quiet_prefect_env()  # before any command imports Prefect
 
 app = typer.Typer(
     help="unmask: rebuild the face under a surgical mask, guided by an unmasked photo of the same person.\n\n"
@@ -45,7 +42,7 @@ def _fail(message: str) -> None:
 @contextlib.contextmanager
 def _fatal_errors():
     """A fatal error inside a run: one clear line and exit code 1, never a traceback."""
-    from model.inference import ModelNotFound
+    from tasks.registry import ModelNotFound
 
     try:
         yield
@@ -119,7 +116,8 @@ def preprocess(
     train: bool = typer.Option(False, "--train", help="Start training on the shards when done."),
 ):
     """Detect, align, mask and pair faces into Parquet shards for training (the preprocess-ffhq flow)."""
-    from flows.preprocess import plan, preprocess_ffhq
+    from flows.pipeline import preprocess_ffhq
+    from flows.preprocess import plan
     from flows.runtime import prefect_api
 
     for label, p in (("--pairs", pairs), ("--identities", identities), ("--mask-templates", mask_templates)):
@@ -141,33 +139,48 @@ def preprocess(
     console.print(f"shards in [bold]{output_dir}/shards[/]")
 
 
-@app.command()
-def train(
-    data: str = typer.Argument(..., help="A preprocess OUTPUT folder (with shards/)."),
-    steps: Optional[int] = typer.Option(None, help="Train this many steps."),
-    minutes: Optional[float] = typer.Option(None, help="Train this many minutes (with or instead of --steps)."),
-    batch_size: int = typer.Option(8, help="Faces per step (per process)."),
-    size: Optional[int] = typer.Option(None, help="128 or 256 (default: the shards' size; smaller downscales)."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    run_dir: Optional[str] = typer.Option(None, help="Checkpoints folder (default $UNMASK_HOME/runs/<time>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --run-dir."),
-    register_as: str = typer.Option("unmask", help="Registered model name in MLflow."),
-):
+def _train_signature():
+    """`unmask train`'s parameters, made from TrainOptions' command-line fields (the same fields
+    `python -m flows.train` offers), so the two command lines cannot drift apart."""
+    import inspect
+    import typing
+
+    from model.options import TrainOptions
+
+    hints = typing.get_type_hints(TrainOptions)
+    params = []
+    for f in TrainOptions.cli_fields():
+        if f.name == "data":
+            default = typer.Argument(..., help=f.metadata["help"])
+        elif hints[f.name] is bool:
+            default = typer.Option(f.default, "--" + f.name.replace("_", "-"), help=f.metadata["help"])
+        else:
+            default = typer.Option(f.default, help=f.metadata["help"])
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                        annotation=hints[f.name]))
+    return inspect.Signature(params), {p.name: p.annotation for p in params}
+
+
+def train(**options) -> None:
     """Train the generator, log it to MLflow, register it and gate it into `champion` (train-unmask)."""
     from flows.runtime import prefect_api
     from flows.train import train_unmask
+    from model.options import TrainError, TrainOptions
 
-    if steps is None and minutes is None:
-        _fail("say how long to train: --steps N or --minutes M")
-    if resume and not run_dir:
-        _fail("--resume needs --run-dir (the folder holding step-NNNNNNN checkpoints)")
+    try:
+        TrainOptions(**options).check()
+    except TrainError as exc:
+        _fail(str(exc))
     with _fatal_errors(), prefect_api():
-        summary = train_unmask(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size,
-                               device=device, run_dir=run_dir, resume=resume, register_as=register_as)
+        summary = train_unmask(**options)
     console.print_json(json.dumps(summary, default=str))
     gate = summary["gate"]
-    console.print(f"model [bold]models:/{register_as}@{gate['alias']}[/] (version {gate['version']}) "
+    console.print(f"model [bold]models:/{options['register_as']}@{gate['alias']}[/] (version {gate['version']}) "
                   f"in {summary['tracking_uri']}")
+
+
+train.__signature__, train.__annotations__ = _train_signature()
+app.command()(train)
 
 
 class _RecordProgress(_ShardProgress):
@@ -263,7 +276,9 @@ def evaluate(
                                                                             "BENCHMARKS.md (make bench-evaluate)."),
 ):
     """Score the model and the baselines on cases with truth: PSNR/SSIM/L1 on the hole and the face, mask IoU."""
-    from tasks.evaluate import build_cases as _build, evaluate as _evaluate, rich_table
+    from tasks.cases import build_cases as _build
+    from tasks.evaluate import evaluate as _evaluate
+    from tasks.tables import rich_table
 
     if build_cases:
         if count < 1:

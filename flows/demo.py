@@ -80,7 +80,7 @@ def registered_alias(name: str) -> str:
     """The alias of the version the demo's training just registered: champion if it passed the gate."""
     from mlflow.tracking import MlflowClient
 
-    from flows import tracking
+    from tasks import registry as tracking
 
     tracking.setup()
     versions = MlflowClient().search_model_versions(f"name='{name}'")

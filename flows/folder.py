@@ -6,8 +6,8 @@ import time
 from prefect import flow, get_run_logger, task
 
 from flows.runtime import run_on_dask
-from tasks.folder import (BASELINES, METHODS, FolderOptions, plan, preset_row, process_items, summarise, write_manifest,
-                          write_summary)
+from tasks.folder import (BASELINES, METHODS, FolderOptions, partition, plan, process_items, summarise,
+                          write_manifest, write_summary)
 from tasks.images import MAX_PIXELS
 
 SUMMARY_ARTIFACT = "unmask-folder-summary"
@@ -63,16 +63,12 @@ def check_inputs(input_dir: str, reference: str | None, pairs: str | None, metho
 def resolve(method: str, model: str | None, output_dir: str, input_dir: str, overwrite: bool,
             max_pixels: int, masks: str | None = None, assume_masked: bool = False) -> FolderOptions:
     """Options with the model pinned to a version (raises ModelNotFound when there is none)."""
-    from flows.tracking import tracking_uri
-
     opts = FolderOptions(input_dir=str(input_dir), output_dir=str(output_dir), method=method,
                          overwrite=overwrite, max_pixels=max_pixels, masks_dir=masks, assume_masked=assume_masked)
     if method == "gan":
-        from model.inference import resolve_model
+        from tasks.registry import resolve_model, tracking_uri  # mlflow: only for the model
 
-        ref = resolve_model(model, tracking_uri())
-        opts.model_uri, opts.model_asked, opts.model_version = ref.uri, ref.asked, ref.version
-        opts.tracking_uri = ref.tracking_uri
+        opts.use_model(resolve_model(model, tracking_uri()))
     return opts
 
 
@@ -119,8 +115,7 @@ def unmask_folder(
     check_inputs(input_dir, reference, pairs, method, masks)
     opts = resolve(method, model, output_dir, input_dir, overwrite, max_pixels, masks, assume_masked)
     items = plan(str(input_dir), str(output_dir), reference, pairs)
-    preset = [preset_row(i) for i in items if i.get("status")]
-    work = [i for i in items if not i.get("status")]
+    preset, work = partition(items)
     if dry_run:
         todo = [i for i in work if is_done(i, opts) is None]
         return {"dry_run": True, "inputs": len(items), "to_do": [i["input"] for i in todo],

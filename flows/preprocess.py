@@ -1,13 +1,17 @@
-"""The `preprocess-ffhq` flow: faces in, Parquet shards out, one Prefect task per shard on Dask."""
+"""Preprocessing on Prefect and Dask: faces in, Parquet shards out, one Prefect task per shard.
+
+`preprocess` runs inside the calling flow run (the `preprocess-ffhq` and scheduled `train-unmask`
+flows of `flows.pipeline`); it knows nothing of training.
+"""
 from __future__ import annotations
 
 import time
 
-from prefect import flow, get_run_logger, task
+from prefect import get_run_logger, task
 
 from flows.runtime import run_on_dask
 from tasks import storage
-from tasks.images import MAX_PIXELS, list_inputs
+from tasks.images import list_inputs
 from tasks.preprocess import Options, merge_rejects, process_shard, read_identities_csv, read_pairs_csv
 
 
@@ -51,24 +55,12 @@ def sources_of(output_dir: str, records: dict[int, dict]) -> set[str]:
     return seen
 
 
-@flow(name="preprocess-ffhq", log_prints=True)
-def preprocess_ffhq(
-    input_dir: str,
-    output_dir: str,
-    size: int = 256,
-    shard_size: int = 1000,
-    val_percent: float = 5.0,
-    pairs: str | None = None,
-    identities: str | None = None,
-    mask_templates: str | None = None,
-    workers: int | None = None,
-    dask_address: str | None = None,
-    limit: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-    train: bool = False,
-    only_new: bool = False,
-) -> dict:
-    """Preprocess a folder of faces into `output_dir/shards/part-NNNNN.parquet`; returns the summary."""
+def preprocess(input_dir: str, output_dir: str, shard_size: int = 1000, pairs: str | None = None,
+               identities: str | None = None, workers: int | None = None, dask_address: str | None = None,
+               limit: int | None = None, only_new: bool = False, **row_options) -> dict:
+    """Preprocess a folder of faces into `output_dir/shards/part-NNNNN.parquet`; returns the summary.
+    row_options: what shapes each row (`tasks.preprocess.Options`: size, val_percent, mask_templates,
+    max_pixels; its defaults where not given)."""
     log = get_run_logger()
     start = time.perf_counter()
     references, idents = {}, {}
@@ -76,9 +68,8 @@ def preprocess_ffhq(
         idents, references = read_identities_csv(identities)
     if pairs:
         references.update(read_pairs_csv(pairs))
-    opts = Options(input_dir=str(input_dir), output_dir=str(output_dir), size=size, val_percent=val_percent,
-                   mask_templates=mask_templates, max_pixels=max_pixels, references=references,
-                   identities=idents)
+    opts = Options(input_dir=str(input_dir), output_dir=str(output_dir), references=references, identities=idents,
+                   **row_options)
     shards, ignored = plan(str(input_dir), shard_size, limit)
     first_index, previous = 0, []
     if only_new:  # new files go into new shards after the existing ones; old shards stay as they are
@@ -113,14 +104,4 @@ def preprocess_ffhq(
     fs, base = storage.filesystem(str(output_dir))
     storage.write_json_atomic(fs, storage.join(base, "summary.json"), summary)
     log.info("summary: %s", summary)
-    if train:
-        trigger_training(str(output_dir))
     return summary
-
-
-def trigger_training(output_dir: str) -> None:
-    """`--train`: start `train-unmask` on the new shards (its deployment when there is one)."""
-    from flows.train import start_training
-
-    started = start_training(output_dir)
-    get_run_logger().info("--train: %s", started)

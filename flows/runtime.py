@@ -5,20 +5,15 @@ import contextlib
 import os
 from pathlib import Path
 
+from tasks.storage import unmask_home
 from tasks.threads import THREAD_ENV
 
 
-def unmask_home() -> Path:
-    """Where unmask keeps what lasts between runs (MLflow store, Prefect database)."""
-    home = Path(os.environ.get("UNMASK_HOME", Path.home() / ".local" / "share" / "unmask")).expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    return home
-
-
-def quiet_prefect_env() -> None:
+def quiet_prefect_env(level: str = "WARNING") -> None:
+    """Before Prefect is imported: no analytics, and only warnings on the console (a progress bar
+    shows the rest). Set values win."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_HOME", str(unmask_home() / "prefect"))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", level)
 
 
 @contextlib.contextmanager
@@ -34,6 +29,7 @@ def prefect_api():
     joining it, and the thread sleeps in one-second steps (runs ended on whole seconds).
     """
     quiet_prefect_env()
+    os.environ.setdefault("PREFECT_HOME", str(unmask_home() / "prefect"))
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():

@@ -1,4 +1,5 @@
-"""Validation metrics registered by name, and the baselines they are compared with.
+"""Metrics registered by name: training validation, the registry gate and `unmask evaluate` all
+score through `score`.
 
 Images are float tensors in [0, 1], NCHW; masks N1HW with 1 = hole.
 """
@@ -6,8 +7,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-import cv2
-import numpy as np
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -74,25 +73,3 @@ def score(pred: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict[s
     """Every registered metric, per image."""
     pred, truth, mask = pred.float().clamp(0, 1), truth.float(), mask.float()
     return {name: fn(pred, truth, mask) for name, fn in METRICS.items()}
-
-
-def telea(masked: torch.Tensor, mask: torch.Tensor, radius: int = 5, ns: bool = False) -> torch.Tensor:
-    """cv2.inpaint (Telea, or Navier-Stokes) of each image's hole."""
-    out = []
-    for img, m in zip(masked, mask):
-        rgb = (img.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)
-        hole = (m[0].cpu().numpy() > 0.5).astype(np.uint8) * 255
-        filled = cv2.inpaint(rgb, hole, radius, cv2.INPAINT_NS if ns else cv2.INPAINT_TELEA)
-        out.append(torch.from_numpy(filled).permute(2, 0, 1).float() / 255.0)
-    return torch.stack(out).to(masked.device)
-
-
-def paste(masked: torch.Tensor, mask: torch.Tensor, reference: torch.Tensor,
-          reference_valid: torch.Tensor) -> torch.Tensor:
-    """The strong simple baseline: the colour-matched warped reference pasted into the hole;
-    hole pixels the reference does not cover fall back to Telea."""
-    pasted = masked * (1 - mask) + reference * reference_valid * mask
-    uncovered = mask * (1 - reference_valid)
-    if uncovered.sum() == 0:
-        return pasted
-    return telea(pasted, uncovered)

@@ -1,4 +1,11 @@
-"""One clear training loop for the reference-guided GAN, options gathered in TrainOptions."""
+"""One clear training loop for the reference-guided GAN over the batches it is handed.
+
+The loop knows tensors only: `tasks.training` hands it the batches (a factory, called once the
+checkpoint is restored, so an exact resume sees the same batches in the same order) and a
+validation callback that scores the EMA generator; MLflow logging happens in those callbacks.
+Its options, and those of the whole training run, are TrainOptions: the one source that both
+`unmask train` and `python -m flows.train` (torchrun) read.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,53 +13,21 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader
 
 from model import checkpoint
-from model.data import ShardDataset, list_pieces
+from model.options import TrainError, TrainOptions
 from model.layers import count_parameters
 from model.losses import d_hinge, g_hinge, l1_hole_valid
-from model.metrics import paste, score, telea
+from model.metrics import score
 from model.networks import Discriminator, Generator
 
 log = logging.getLogger("unmask.train")
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    steps: int | None = None
-    minutes: float | None = None
-    batch_size: int = 8
-    size: int | None = None            # default: the shards' size
-    device: str = "auto"               # auto | cpu | cuda
-    run_dir: str | None = None
-    resume: bool = False
-    register_as: str = "unmask"
-    channels: int = 32
-    lr_g: float = 1e-4
-    lr_d: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    adv_weight: float = 0.1
-    ema_decay: float = 0.999
-    drop_reference: float = 0.3
-    checkpoint_every: int = 500
-    val_every: int = 250
-    val_cases: int = 64
-    workers: int = 2
-    seed: int = 0
-    compile: bool = False
-    extra: dict = field(default_factory=dict)
-
-
-class TrainError(RuntimeError):
-    """A condition that stops training before it starts, with a message saying what to do."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,14 +40,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def shard_size(data: str) -> int:
-    import pyarrow.parquet as pq
-
-    from tasks.images import decode_png
-
-    piece = list_pieces(data, "train")[0]
-    row = pq.ParquetFile(piece.path).read_row_group(piece.row_group, columns=["image"]).slice(0, 1).to_pylist()[0]
-    return decode_png(row["image"]).shape[0]
+def _restore(run_dir: Path, modules: dict, opt_g, opt_d) -> tuple[int, int]:
+    """The one resume path: weights, optimisers and RNG state of the last checkpoint in run_dir;
+    returns (step, samples seen)."""
+    last = checkpoint.latest(run_dir)
+    if last is None:
+        raise TrainError(f"--resume: no checkpoint in {run_dir}")
+    state = checkpoint.load(last, modules)
+    opt_g.load_state_dict(state["opt_g"])
+    opt_d.load_state_dict(state["opt_d"])
+    checkpoint.set_rng_state(state["rng"])
+    log.info("resumed from %s at step %d", last, state["step"])
+    return state["step"], state["samples_seen"]
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -100,46 +79,29 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         e.copy_(b)
 
 
-def validation_set(opts: TrainOptions, size: int) -> list[dict]:
-    """The first `val_cases` validation rows, decoded once: the same cases for every score."""
-    data = ShardDataset(opts.data, "val", size, train=False)
-    cases = []
-    for sample in data:
-        cases.append(sample)
-        if len(cases) >= opts.val_cases:
-            break
-    return cases
+def stack(cases: list[dict]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([c[k] for c in cases]) for k in cases[0]}
 
 
 @torch.no_grad()
-def evaluate(generator: torch.nn.Module, cases: list[dict], device: torch.device, batch_size: int = 8,
-             with_baselines: bool = True) -> dict[str, float]:
-    """Mean metrics of the generator and (optionally) of the Telea and paste baselines."""
+def score_generator(generator: torch.nn.Module, cases: list[dict], device: torch.device,
+                    batch_size: int = 8) -> dict[str, float]:
+    """Mean metrics (`model.metrics`) of the generator's results on the cases, keyed `<metric>/model`."""
     totals: dict[str, float] = {}
-    n = 0
     generator.eval()
     for i in range(0, len(cases), batch_size):
-        batch = {k: torch.stack([c[k] for c in cases[i:i + batch_size]]) for k in cases[0]}
-        b = to_device(batch, device)
+        b = to_device(stack(cases[i:i + batch_size]), device)
         out = generator(b["masked"], b["mask"], b["reference"], b["reference_valid"])
-        results = {"model": (out.result.float() + 1) / 2}
-        if with_baselines:
-            results["telea"] = telea(batch["masked"], batch["mask"]).to(device)
-            results["paste"] = paste(batch["masked"], batch["mask"], batch["reference"],
-                                     batch["reference_valid"]).to(device)
-        for method, pred in results.items():
-            for name, values in score(pred, b["image"], b["mask"]).items():
-                key = f"{name}/{method}"
-                totals[key] = totals.get(key, 0.0) + float(values.sum())
-        n += len(batch["image"])
-    return {k: v / max(n, 1) for k, v in totals.items()}
+        for name, values in score((out.result.float() + 1) / 2, b["image"], b["mask"]).items():
+            totals[f"{name}/model"] = totals.get(f"{name}/model", 0.0) + float(values.sum())
+    return {k: v / max(len(cases), 1) for k, v in totals.items()}
 
 
 def samples_grid(generator: torch.nn.Module, cases: list[dict], device: torch.device, n: int = 6):
     """masked | warped reference | coarse | result | truth, one row per case, as uint8 HxWx3."""
     import numpy as np
 
-    batch = to_device({k: torch.stack([c[k] for c in cases[:n]]) for k in cases[0]}, device)
+    batch = to_device(stack(cases[:n]), device)
     with torch.no_grad():
         out = generator(batch["masked"], batch["mask"], batch["reference"], batch["reference_valid"])
     cols = [batch["masked"], batch["reference"] * batch["reference_valid"], (out.coarse.float() + 1) / 2,
@@ -148,17 +110,18 @@ def samples_grid(generator: torch.nn.Module, cases: list[dict], device: torch.de
     return (rows.permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def train(opts: TrainOptions, on_validation: Callable[[int, dict, object], None] | None = None,
-          on_metrics: Callable[[int, dict], None] | None = None) -> dict:
-    """Train; returns {run_dir, step, last_checkpoint, val} (val: the last validation scores)."""
+def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
+        validate: Callable[[int, torch.nn.Module], dict] | None = None,
+        on_metrics: Callable[[int, dict], None] | None = None) -> dict:
+    """Train on the batches; every `val_every` steps and at the end, `validate(step, ema)` gives
+    the validation scores. Returns {run_dir, step, last_checkpoint, val (the last scores), size,
+    generator (the EMA generator)}."""
+    opts.check()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = resolve_device(opts.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    if opts.steps is None and opts.minutes is None:
-        raise TrainError("say how long to train: --steps N or --minutes M")
-    size = opts.size or shard_size(opts.data)
     run_dir = Path(opts.run_dir)
     torch.manual_seed(opts.seed + rank)
 
@@ -175,22 +138,8 @@ def train(opts: TrainOptions, on_validation: Callable[[int, dict, object], None]
 
     step, samples_seen = 0, 0
     if opts.resume:
-        last = checkpoint.latest(run_dir)
-        if last is None:
-            raise TrainError(f"--resume: no checkpoint in {run_dir}")
-        state = checkpoint.load(last, modules)
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step, samples_seen = state["step"], state["samples_seen"]
-        checkpoint.set_rng_state(state["rng"])
-        log.info("resumed from %s at step %d", last, step)
-
-    cases = validation_set(opts, size)  # fails early, clearly, when there are no val rows
-    data = ShardDataset(opts.data, "train", size, train=True, seed=opts.seed, rank=rank, world_size=world,
-                        drop_reference=opts.drop_reference)
-    loader = DataLoader(data, batch_size=opts.batch_size, num_workers=opts.workers,
-                        persistent_workers=opts.workers > 0, pin_memory=device.type == "cuda")
-    batches = iter(loader)
+        step, samples_seen = _restore(run_dir, modules, opt_g, opt_d)
+    batches = iter(batches())
     for _ in range(samples_seen // opts.batch_size):  # exact resume: the same batches, in order
         next(batches)
 
@@ -247,10 +196,8 @@ def train(opts: TrainOptions, on_validation: Callable[[int, dict, object], None]
                      "samples_seen": samples_seen, "rng": checkpoint.rng_state(), "options": asdict(opts),
                      "size": size}
             last_ckpt = checkpoint.save(run_dir, step, modules, state)
-        if rank == 0 and (step % opts.val_every == 0 or finished):
-            last_val = evaluate(ema, cases, device)
-            if on_validation:
-                on_validation(step, last_val, samples_grid(ema, cases, device))
+        if rank == 0 and validate and (step % opts.val_every == 0 or finished):
+            last_val = validate(step, ema)
             generator.train()
     if rank == 0:
         (run_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))

@@ -40,10 +40,3 @@ def match_colour(reference: np.ndarray, target: np.ndarray, landmarks: np.ndarra
     out = (ref_lab - r_mu) * gain + t_mu
     rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
-def paste(target: np.ndarray, fill: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Target with the hole's pixels taken from fill: the baseline every model must beat."""
-    out = target.copy()
-    out[hole > 0] = fill[hole > 0]
-    return out

@@ -7,6 +7,7 @@ after its image and mask), so a rerun skips what is complete and a crash loses n
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import time
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pydantic import BaseModel
 
-from tasks import storage
+from tasks import baselines, storage
 from tasks.errors import Reject
 from tasks.images import MAX_PIXELS, is_image_name, read_pairs, walk
 from tasks.outputs import RECORDS, STATUSES, item_id, output_of
@@ -45,6 +46,11 @@ class FolderOptions(BaseModel):
     group: int = 8                     # photos whose faces go through the generator together
     masks_dir: str | None = None       # the user's own masks (same relative paths, white = mask)
     assume_masked: bool = False        # every face wears a mask: no presence decision
+
+    def use_model(self, ref) -> None:
+        """Pin the generator to a resolved model (a tasks.registry.ModelRef)."""
+        self.model_uri, self.model_asked, self.model_version = ref.uri, ref.asked, ref.version
+        self.tracking_uri = ref.tracking_uri
 
 
 def _row(rel: str, reference: str = "", status: str = "error", reason: str = "", output: str = "") -> dict:
@@ -251,18 +257,12 @@ def _load_method(opts: FolderOptions):
     from tasks import unmask
 
     if opts.method == "gan":
-        from model.inference import load_generator
+        from tasks.registry import load_generator  # mlflow and torch: only for the model
 
         generator, device, size = load_generator(opts.model_uri, opts.tracking_uri or "")
         return (lambda jobs: unmask.fill_generator(jobs, generator, device)), size
-    if opts.method == "paste":
-        return unmask.fill_paste, opts.size
-    if opts.method == "telea":
-        return unmask.fill_telea, opts.size
-    if opts.method == "paste-raw":
-        return (lambda jobs: unmask.fill_paste(jobs, raw=True)), opts.size
-    if opts.method == "navier-stokes":
-        return (lambda jobs: unmask.fill_telea(jobs, ns=True)), opts.size
+    if opts.method in baselines.BASELINES:
+        return functools.partial(unmask.fill_baseline, method=opts.method), opts.size
     raise ValueError(f"unknown method {opts.method!r}: use one of {METHODS + BASELINES}")
 
 
@@ -376,6 +376,11 @@ def preset_row(item: dict) -> dict:
     """The row of an item answered at planning time (collision, outside the input folder, ...)."""
     return {**_row(item["input"], item.get("reference", ""), item["status"], item.get("reason", "")),
             "preset": True}
+
+
+def partition(items: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the rows of items answered at planning time, the items to work on)."""
+    return [preset_row(i) for i in items if i.get("status")], [i for i in items if not i.get("status")]
 
 
 def write_manifest(output_dir: str, rows: list[dict]) -> str:

@@ -12,7 +12,6 @@ import io
 import time
 from pathlib import PurePosixPath
 
-import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq

@@ -2,9 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import fsspec
 from fsspec.core import url_to_fs
+
+
+def unmask_home() -> Path:
+    """Where unmask keeps what lasts between runs (MLflow store, Prefect database, runs)."""
+    home = Path(os.environ.get("UNMASK_HOME", Path.home() / ".local" / "share" / "unmask")).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
 
 
 def filesystem(url: str):

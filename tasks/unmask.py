@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from tasks.align import align_matrix, transform_points
+from tasks.baselines import BASELINES
 from tasks.errors import Reject
 from tasks.geometry import predict_landmarks
 from tasks.images import MAX_PIXELS, _to_rgb_array, open_image
@@ -125,20 +126,21 @@ def reference_face(data: bytes, size: int, max_pixels: int = MAX_PIXELS):
 
 # --- fills -----------------------------------------------------------------------------------------
 
-def fill_telea(jobs: list[FaceJob], ns: bool = False) -> None:
+def fill_baseline(jobs: list[FaceJob], method: str) -> None:
+    """Fill each face with a baseline of `tasks.baselines` (`paste-raw`: the reference before colour matching)."""
+    fill = BASELINES[method]
     for j in jobs:
-        j.result = cv2.inpaint(j.crop, j.hole, 5, cv2.INPAINT_NS if ns else cv2.INPAINT_TELEA)
+        ref = j.reference_raw if method == "paste-raw" and j.reference_raw is not None else j.reference
+        j.result = fill(j.crop, j.hole, ref, j.valid)
+
+
+def fill_telea(jobs: list[FaceJob], ns: bool = False) -> None:
+    fill_baseline(jobs, "navier-stokes" if ns else "telea")
 
 
 def fill_paste(jobs: list[FaceJob], raw: bool = False) -> None:
     """The colour-matched (or raw) warped reference pasted into the hole; Telea where it does not reach."""
-    for j in jobs:
-        out = j.crop.copy()
-        covered = (j.hole > 0) & (j.valid > 0)
-        ref = j.reference_raw if raw and j.reference_raw is not None else j.reference
-        out[covered] = ref[covered]
-        rest = ((j.hole > 0) & ~covered).astype(np.uint8) * 255
-        j.result = cv2.inpaint(out, rest, 5, cv2.INPAINT_TELEA) if rest.any() else out
+    fill_baseline(jobs, "paste-raw" if raw else "paste")
 
 
 def fill_generator(jobs: list[FaceJob], generator, device, batch_size: int = 16) -> None:

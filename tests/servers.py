@@ -88,3 +88,22 @@ def dask_cluster(env: dict, workers: int = 2, nanny: bool = True):
     finally:
         for p in reversed(procs):
             stop(p)
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp_path: Path):
+    """An `mlflow server` (SQLite store, local artifacts) on a free local port; yields its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "mlflow.log", "w")
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(url + "/health", server)
+        yield url
+    finally:
+        stop(server)
+        log.close()

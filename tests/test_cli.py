@@ -62,3 +62,37 @@ def test_preprocess_demo_faces_with_a_reject_exits_zero(tmp_path):
     assert summary["inputs"] == 7 and summary["rows"] == 6 and summary["rejects"] == 1
     rejects = pq.read_table(tmp_path / "out" / "rejects.parquet").to_pylist()
     assert rejects[0]["source"] == "broken.jpg" and rejects[0]["reason"] in ("corrupt", "not-an-image")
+
+
+TRAIN_OPTIONS = ("--steps", "--minutes", "--batch-size", "--size", "--device", "--run-dir", "--resume",
+                 "--register-as", "--channels", "--val-cases", "--workers")
+
+
+def test_both_training_command_lines_take_the_same_options():
+    """`unmask train`, `python -m flows.train` (torchrun) and the train-unmask flow all take
+    TrainOptions' command-line fields: the union of what the two command lines took before."""
+    import inspect
+
+    from flows.train import argument_parser, train_unmask
+    from model.options import TrainOptions
+
+    names = [f.name for f in TrainOptions.cli_fields()]
+    assert names[0] == "data" and ["--" + n.replace("_", "-") for n in names[1:]] == list(TRAIN_OPTIONS)
+    typer_help = run("train", "--help")
+    assert typer_help.returncode == 0
+    argparse_help = argument_parser().format_help()
+    for opt in TRAIN_OPTIONS:
+        assert opt in typer_help.stdout and opt in argparse_help, opt
+    assert list(inspect.signature(train_unmask.fn).parameters) == names
+    defaults = {f.name: f.default for f in TrainOptions.cli_fields()[1:]}
+    assert {k: v.default for k, v in list(inspect.signature(train_unmask.fn).parameters.items())[1:]} == defaults
+    parsed = vars(argument_parser().parse_args(["DATA", "--steps", "3", "--resume", "--run-dir", "r"]))
+    assert parsed == {**defaults, "data": "DATA", "steps": 3, "resume": True, "run_dir": "r"}
+
+
+def test_help_loads_no_heavy_module():
+    """`unmask --help` (and the module behind it) must not import torch, MLflow, Prefect or MediaPipe."""
+    code = ("import sys, flows.cli; heavy = [m for m in ('torch', 'mlflow', 'prefect', 'mediapipe', 'dask') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -2,21 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO, shared
-from tests.servers import free_port as _free_port
+from tests.servers import BIN, prefect_server
 from tests.servers import stop as _stop
-from tests.servers import wait_healthy
-
-BIN = Path(sys.executable).parent
 
 
 @pytest.mark.slow
@@ -27,70 +22,60 @@ def test_deployment_run_through_a_real_prefect_server_and_worker(tmp_path):
     for src in sorted(faces.glob("*.jpg"))[:6]:
         shutil.copy(src, inputs / src.name)
     out = tmp_path / "shards-out"
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "INFO",
-           "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}"}
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     worker = None
-    try:
-        wait_healthy(api + "/health", server)
+    with prefect_server(tmp_path) as env:
+        try:
+            def prefect(*args, timeout=300):
+                res = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                                     timeout=timeout)
+                assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+                return res.stdout
 
-        def prefect(*args, timeout=300):
-            res = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True,
-                                 timeout=timeout)
-            assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-            return res.stdout
+            prefect("work-pool", "create", "unmask-local", "--type", "process")
+            prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
+            wlog = open(tmp_path / "worker.log", "w")
+            worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "unmask-local"], env=env,
+                                      cwd=tmp_path, stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True)
+            prefect("deployment", "run", "preprocess-ffhq/default", "--param", f"input_dir={inputs}",
+                    "--param", f"output_dir={out}", "--param", "size=96", "--param", "shard_size=3",
+                    "--param", "workers=1", "--watch", "--watch-timeout", "400", timeout=450)
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["rows"] == 6 and summary["rejects"] == 0
+            assert pq.read_table(out / "shards" / "part-00000.parquet").num_rows == 3
+            assert (out / "shards" / "part-00001.done").exists()
 
-        prefect("work-pool", "create", "unmask-local", "--type", "process")
-        prefect("--no-prompt", "deploy", "--all", "--prefect-file", "deploy/prefect.yaml")
-        wlog = open(tmp_path / "worker.log", "w")
-        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "unmask-local"], env=env,
-                                  cwd=tmp_path, stdout=wlog, stderr=subprocess.STDOUT, start_new_session=True)
-        prefect("deployment", "run", "preprocess-ffhq/default", "--param", f"input_dir={inputs}",
-                "--param", f"output_dir={out}", "--param", "size=96", "--param", "shard_size=3",
-                "--param", "workers=1", "--watch", "--watch-timeout", "400", timeout=450)
-        summary = json.loads((out / "summary.json").read_text())
-        assert summary["rows"] == 6 and summary["rejects"] == 0
-        assert pq.read_table(out / "shards" / "part-00000.parquet").num_rows == 3
-        assert (out / "shards" / "part-00001.done").exists()
+            # the bulk unmasking deployment, on photos with a rendered mask
+            import numpy as np
+            from PIL import Image
 
-        # the bulk unmasking deployment, on photos with a rendered mask
-        import numpy as np
-        from PIL import Image
+            from tasks.fixtures import astronaut, mask_photo
 
-        from tasks.fixtures import astronaut, mask_photo
+            photos = tmp_path / "masked"
+            photos.mkdir()
+            Image.fromarray(mask_photo(astronaut(), np.random.default_rng(1))[0]).save(photos / "one.png")
+            Image.fromarray(astronaut()).save(photos / "bare.png")
+            results = tmp_path / "unmasked"
+            prefect("deployment", "run", "unmask-folder/default", "--param", f"input_dir={photos}",
+                    "--param", f"output_dir={results}", "--param", "method=telea", "--param", "workers=1",
+                    "--watch", "--watch-timeout", "400", timeout=450)
+            counts = json.loads((results / "summary.json").read_text())["counts"]
+            assert counts["ok"] == 1 and counts["no-mask"] == 1
+            assert (results / "images" / "one.png").exists() and (results / "index.html").exists()
 
-        photos = tmp_path / "masked"
-        photos.mkdir()
-        Image.fromarray(mask_photo(astronaut(), np.random.default_rng(1))[0]).save(photos / "one.png")
-        Image.fromarray(astronaut()).save(photos / "bare.png")
-        results = tmp_path / "unmasked"
-        prefect("deployment", "run", "unmask-folder/default", "--param", f"input_dir={photos}",
-                "--param", f"output_dir={results}", "--param", "method=telea", "--param", "workers=1",
-                "--watch", "--watch-timeout", "400", timeout=450)
-        counts = json.loads((results / "summary.json").read_text())["counts"]
-        assert counts["ok"] == 1 and counts["no-mask"] == 1
-        assert (results / "images" / "one.png").exists() and (results / "index.html").exists()
-
-        # `unmask preprocess --train`: with a train-unmask/default deployment, the shards go to it
-        # (a relative path made absolute for the worker); the run is cancelled, not trained here
-        code = ("import json, os; from flows.train import start_training; "
-                "from prefect.client.orchestration import get_client; "
-                f"os.chdir({str(tmp_path)!r}); started = start_training('shards-out', steps=1); "
-                "run = get_client(sync_client=True).read_flow_run(started['flow_run_id']); "
-                "print(json.dumps({**started, 'parameters': run.parameters}))")
-        res = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                             timeout=300)
-        assert res.returncode == 0, res.stderr[-3000:]
-        started = json.loads(res.stdout.strip().splitlines()[-1])
-        assert started["deployment"] == "train-unmask/default"
-        assert started["parameters"]["data"] == str(out) and started["parameters"]["steps"] == 1
-        prefect("flow-run", "cancel", started["flow_run_id"])
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(server)
+            # `unmask preprocess --train`: with a train-unmask/default deployment, the shards go to it
+            # (a relative path made absolute for the worker); the run is cancelled, not trained here
+            code = ("import json, os; from flows.pipeline import start_training; "
+                    "from prefect.client.orchestration import get_client; "
+                    f"os.chdir({str(tmp_path)!r}); started = start_training('shards-out', steps=1); "
+                    "run = get_client(sync_client=True).read_flow_run(started['flow_run_id']); "
+                    "print(json.dumps({**started, 'parameters': run.parameters}))")
+            res = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
+                                 timeout=300)
+            assert res.returncode == 0, res.stderr[-3000:]
+            started = json.loads(res.stdout.strip().splitlines()[-1])
+            assert started["deployment"] == "train-unmask/default"
+            assert started["parameters"]["data"] == str(out) and started["parameters"]["steps"] == 1
+            prefect("flow-run", "cancel", started["flow_run_id"])
+        finally:
+            if worker is not None:
+                _stop(worker)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.conftest import REPO, shared
+from tests.conftest import REPO, reset_mlflow_state, shared
 
 PER_SOURCE = 3
 BASELINES = ["paste", "paste-raw", "telea", "navier-stokes"]
@@ -54,7 +54,11 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(built, tmp_path_factory):
-    """The baselines (no model in this UNMASK_HOME) on the built cases plus one case without a face."""
+    """The baselines (no model in this UNMASK_HOME) on a copy of the built cases plus one case
+    without a face (a copy: `built` stays as built, whichever test runs first)."""
+    import shutil
+
+    built = Path(shutil.copytree(built, tmp_path_factory.mktemp("cases-plus") / "cases"))
     rng = np.random.default_rng(0)
     truth = (rng.random((240, 240, 3)) * 255).astype(np.uint8)
     hole = np.zeros((240, 240), np.uint8)
@@ -76,6 +80,7 @@ def evaluated(built, tmp_path_factory):
         mp.setenv("PREFECT_HOME", str(home / "prefect"))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         result = _invoke("evaluate", str(built), str(out))
+        reset_mlflow_state()  # what the run set goes with this fixture's UNMASK_HOME
     assert result.exit_code == 0, result.output[-3000:]
     with open(out / "scores.csv", newline="") as f:
         scores = list(csv.DictReader(f))
@@ -137,7 +142,7 @@ def test_every_case_is_scored_for_every_method(evaluated):
 
 
 def test_a_case_without_a_face_counts_as_the_unchanged_input(evaluated):
-    from tasks.evaluate import score_case
+    from tasks.scoring import score_case
 
     cases = evaluated["cases"]
     expected = score_case(_read(cases / BLANK), _read(cases / "truth" / BLANK),
@@ -188,10 +193,10 @@ def test_the_evaluation_is_an_mlflow_run(evaluated):
 
 def test_benchmarks_are_written_only_when_asked(evaluated, tmp_path, monkeypatch):
     assert evaluated["benchmarks_after"] == evaluated["benchmarks_before"]
-    import benchmarks.report
+    import tasks.bench_report
 
     target = tmp_path / "BENCHMARKS.md"
-    monkeypatch.setattr(benchmarks.report, "BENCHMARKS", target)
+    monkeypatch.setattr(tasks.bench_report, "BENCHMARKS", target)
     # the same output folder: every result is already there, so only scoring and reporting run again
     result = _invoke("evaluate", str(evaluated["cases"]), str(evaluated["out"]), "--methods", "paste,telea",
                      "--write-benchmarks")
@@ -214,7 +219,7 @@ def test_cases_without_pairs_are_refused(tmp_path):
 
 
 def test_face_crop_and_perfect_scores():
-    from tasks.evaluate import face_box, score_case
+    from tasks.scoring import face_box, score_case
 
     hole = np.zeros((200, 100), bool)
     hole[100:140, 40:60] = True

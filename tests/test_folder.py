@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,75 +12,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image
 
-from tasks.fixtures import astronaut, mask_photo
-from tasks.folder import FolderOptions, plan, preset_row, process_items, write_manifest
-
-MARKUP = "<img src=x onerror=alert(1)>.png"
-
-
-@pytest.fixture(scope="module")
-def masked_astronaut():
-    made = mask_photo(astronaut(), np.random.default_rng(3))
-    assert made is not None
-    return made
-
-
-def _png(path: Path, img: Image.Image, **kw) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, **kw)
-    return path
-
+from tasks.fixtures import astronaut
+from tasks.folder import plan
+from tests.conftest import MARKUP, run_folder as _run, write_png as _png
 
 def _hashes(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
-
-
-@pytest.fixture
-def photo_folder(tmp_path, masked_astronaut):
-    """A folder of real photos in every awkward form, next to bad files."""
-    masked, _ = masked_astronaut
-    inp = tmp_path / "in"
-    img = Image.fromarray(masked)
-    _png(inp / "masked.png", img)
-    _png(inp / "sub" / "deep.png", img)
-    _png(inp / "été photo.png", img)
-    _png(inp / MARKUP, img)
-    _png(inp / "grey.png", img.convert("L"))
-    rgba = img.convert("RGBA")
-    rgba.putalpha(Image.linear_gradient("L").resize(img.size))
-    _png(inp / "rgba.png", rgba)
-    _png(inp / "sixteen.png", Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257))
-    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    _png(inp / "profile.png", img, icc_profile=srgb)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # shown rotated 90 degrees clockwise
-    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0)}  # GPS position: must not reach the output
-    _png(inp / "rotated.jpg", img.rotate(90, expand=True), exif=exif.tobytes(), quality=95)
-    _png(inp / "bare.png", Image.fromarray(astronaut()))
-    _png(inp / "blank.png", Image.new("RGB", (300, 300), (128, 128, 128)))
-    _png(inp / "tiny.png", Image.new("RGB", (8, 8), (128, 60, 60)))
-    (inp / "empty.jpg").write_bytes(b"")
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG")
-    (inp / "truncated.jpg").write_bytes(buf.getvalue()[:2000])
-    (inp / "text.png").write_text("not a picture\n" * 20)
-    _png(inp / "twin.jpg", img)
-    _png(inp / "twin.png", img)
-    (inp / "notes.txt").write_text("ignored")
-    ref = _png(tmp_path / "reference.png", Image.fromarray(astronaut()))
-    return inp, ref
-
-
-def _run(inp: Path, out: Path, method="paste", reference=None, pairs=None, **kw) -> dict[str, dict]:
-    opts = FolderOptions(input_dir=str(inp), output_dir=str(out), method=method, **kw)
-    items = plan(str(inp), str(out), str(reference) if reference else None, str(pairs) if pairs else None)
-    rows = [preset_row(i) for i in items if i.get("status")]
-    rows += process_items([i for i in items if not i.get("status")], opts)
-    write_manifest(str(out), rows)
-    return {r["input"]: r for r in rows}
 
 
 def _psnr(a, b, where) -> float:
@@ -249,7 +187,7 @@ def _register_untrained(home: Path, name: str = "unmask") -> str:
     code = f"""
 import mlflow
 from mlflow.tracking import MlflowClient
-from flows import tracking
+from tasks import registry as tracking
 from model.networks import Generator
 tracking.setup()
 with mlflow.start_run():

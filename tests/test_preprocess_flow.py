@@ -70,7 +70,7 @@ def check_output(out: Path, good: list[str], size: int):
 
 
 def test_flow_local_cluster_rows_rejects_schema_and_rerun(tmp_path, prefect_server):
-    from flows.preprocess import preprocess_ffhq
+    from flows.pipeline import preprocess_ffhq
 
     good = make_input(tmp_path / "in", 36)
     out = tmp_path / "out"
@@ -113,7 +113,7 @@ def test_flow_local_cluster_rows_rejects_schema_and_rerun(tmp_path, prefect_serv
 
 
 def test_resume_after_half_written_shard(tmp_path, prefect_server):
-    from flows.preprocess import preprocess_ffhq
+    from flows.pipeline import preprocess_ffhq
 
     good = make_input(tmp_path / "in", 14)
     out = tmp_path / "out"
@@ -132,36 +132,50 @@ def test_resume_after_half_written_shard(tmp_path, prefect_server):
 
 
 def test_external_cluster_survives_losing_a_worker(tmp_path, prefect_server):
-    from flows.preprocess import preprocess_ffhq
+    from flows.pipeline import preprocess_ffhq
     from tests.servers import dask_cluster
 
     good = make_input(tmp_path / "in", 40)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_API_URL": prefect_server}
     with dask_cluster(env, workers=2, nanny=False) as (address, workers):
-        victim = workers[0]
-
         import threading
 
-        def kill_when_first_shard_lands():
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                if list((tmp_path / "out" / "shards").glob("*.done")) if (tmp_path / "out" / "shards").exists() else []:
-                    break
-                time.sleep(0.2)
-            os.kill(victim.pid, signal.SIGKILL)
+        from distributed import Client
 
-        killer = threading.Thread(target=kill_when_first_shard_lands)
+        shards_dir = tmp_path / "out" / "shards"
+        killed: dict = {}
+
+        def kill_a_busy_worker():
+            """SIGKILL a worker while the scheduler lists a task as processing on it, after one
+            shard has landed and before the last one has."""
+            with Client(address, timeout=60) as client:
+                pids = client.run(os.getpid)  # worker address -> its process id
+                deadline = time.time() + 300
+                while time.time() < deadline and not killed:
+                    landed = len(list(shards_dir.glob("*.done"))) if shards_dir.exists() else 0
+                    busy = {w: keys for w, keys in client.processing().items() if keys} if landed else {}
+                    for w, keys in busy.items():
+                        victim = next((p for p in workers if p.pid == pids.get(w)), None)
+                        if victim is not None:
+                            os.kill(victim.pid, signal.SIGKILL)
+                            killed.update(victim=victim, keys=list(keys), landed=landed)
+                            break
+                    time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_a_busy_worker)
         killer.start()
         summary = preprocess_ffhq(input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
                                   size=96, shard_size=5, dask_address=address)
         killer.join()
-        assert victim.poll() is not None, "the worker was killed mid-run"
+        assert killed, "no worker was found holding a task"
+        assert killed["victim"].poll() is not None, "the worker was killed mid-run"
+        assert killed["keys"] and 1 <= killed["landed"] < 9, killed  # it held a shard; 9 shards in all
         assert summary["inputs"] == 45
         check_output(tmp_path / "out", good, 96)
 
 
 def test_only_new_files_become_new_shards(tmp_path, prefect_server):
-    from flows.preprocess import preprocess_ffhq
+    from flows.pipeline import preprocess_ffhq
 
     bulk = shared("faces-bulk")
     inputs = tmp_path / "in"

@@ -18,7 +18,7 @@ from PIL import Image
 from tasks import report
 from tasks.folder import FolderOptions, item_id, summarise, write_summary
 from tasks.report import write_report
-from tests.test_folder import MARKUP, _run, masked_astronaut, photo_folder  # noqa: F401 - fixtures
+from tests.conftest import MARKUP, run_folder as _run
 
 CHROMIUM = Path("/usr/bin/chromium")
 FAILED = {"tiny.png": "too-small", "empty.jpg": "empty", "truncated.jpg": "corrupt", "text.png": "not-an-image",

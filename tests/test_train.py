@@ -2,13 +2,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 from model.checkpoint import CheckpointError
-from model.data import DataError
-from model.train import TrainError, TrainOptions, train
+from model.options import TrainError, TrainOptions
+from tasks.dataset import DataError
+from tasks.training import train
 from tasks.fixtures import write_demo_faces
 from tasks.preprocess import Options, process_shard
+from tests.servers import BIN, free_port, mlflow_server
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +56,9 @@ def test_resume_is_exact(shards, tmp_path):
 
 
 def test_untrained_generator_equals_the_paste_where_the_reference_is_valid(shards, tmp_path):
-    from model.data import ShardDataset
-    from model.metrics import paste
     from model.networks import Generator
+    from tasks.dataset import ShardDataset
+    from tasks.training import baseline_results
 
     g = Generator(16).eval()
     cases = [c for c, _ in zip(ShardDataset(shards, "val", 64, train=False), range(4))]
@@ -70,7 +66,7 @@ def test_untrained_generator_equals_the_paste_where_the_reference_is_valid(shard
     with torch.no_grad():
         out = (g(batch["masked"], batch["mask"], batch["reference"], batch["reference_valid"]).result + 1) / 2
     where = (batch["mask"] * batch["reference_valid"]).expand_as(out) > 0
-    pasted = paste(batch["masked"], batch["mask"], batch["reference"], batch["reference_valid"])
+    pasted = baseline_results(cases, "paste")
     assert where.sum() > 0
     assert torch.allclose(out[where], pasted[where], atol=1e-5)
 
@@ -105,16 +101,14 @@ def test_bad_inputs_give_clear_errors(shards, tmp_path):
 
 
 def test_unreachable_tracking_server_is_one_clear_error(shards, tmp_path, monkeypatch):
-    from flows.train import run_training
+    from tasks.training import train_and_register
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     with pytest.raises(ConnectionError, match="not reachable"):
-        run_training(str(shards), steps=1, batch_size=2, size=64, device="cpu", run_dir=str(tmp_path / "r"))
+        train_and_register(TrainOptions(str(shards), steps=1, batch_size=2, size=64, device="cpu",
+                                        run_dir=str(tmp_path / "r")))
     assert not (tmp_path / "r").exists()
 
 
@@ -123,31 +117,13 @@ def test_mlflow_server_register_gate_and_load(shards, tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from flows.train import run_training
+    from tasks.training import train_and_register
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    bindir = Path(sys.executable).parent
-    server = subprocess.Popen(
-        [str(bindir / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-        stdout=open(tmp_path / "mlflow.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None, (tmp_path / "mlflow.log").read_text()[-2000:]
-                time.sleep(0.5)
+    with mlflow_server(tmp_path) as url:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-        first = run_training(str(shards), steps=2, batch_size=2, size=64, device="cpu",
-                             run_dir=str(tmp_path / "run1"), register_as="unmask-test", channels=16,
-                             val_cases=4, workers=0, checkpoint_every=2)
+        first = train_and_register(TrainOptions(str(shards), steps=2, batch_size=2, size=64, device="cpu",
+                                                run_dir=str(tmp_path / "run1"), register_as="unmask-test",
+                                                channels=16, val_cases=4, workers=0, checkpoint_every=2))
         gate = first["gate"]
         assert gate["version"] == 1 and gate["alias"] in ("champion", "challenger")
         client = MlflowClient(url)
@@ -156,7 +132,7 @@ def test_mlflow_server_register_gate_and_load(shards, tmp_path, monkeypatch):
         assert float(version.tags["gate.new"]) == pytest.approx(first["val"]["psnr_hole/model"], abs=1e-3)
         assert client.get_model_version_by_alias("unmask-test", "challenger").version == "1"
         model = mlflow.pyfunc.load_model(f"models:/unmask-test@{gate['alias']}")
-        from flows.tracking import example_input
+        from tasks.registry import example_input
 
         example = example_input(64)
         out = model.predict(example)
@@ -168,22 +144,15 @@ def test_mlflow_server_register_gate_and_load(shards, tmp_path, monkeypatch):
         reqs = Path(mlflow.artifacts.download_artifacts(f"models:/unmask-test/1/requirements.txt",
                                                         dst_path=str(tmp_path / "dl"))).read_text()
         assert "torch==" in reqs and "+cpu" not in reqs
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_on_gloo(shards, tmp_path):
     """torchrun with two CPU ranks: both train in step, rank 0 checkpoints and registers."""
-    bindir = Path(sys.executable).parent
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
            "UNMASK_HOME": str(tmp_path / "home")}
-    res = subprocess.run([str(bindir / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                          "--master_port", str(_free_port()), "-m", "flows.train", str(shards), "--steps", "2",
+    res = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                          "--master_port", str(free_port()), "-m", "flows.train", str(shards), "--steps", "2",
                           "--batch-size", "2", "--size", "64", "--device", "cpu", "--run-dir",
                           str(tmp_path / "run"), "--channels", "16", "--val-cases", "4", "--workers", "0",
                           "--register-as", "unmask-ddp"],
@@ -196,13 +165,8 @@ def test_ddp_two_cpu_processes_on_gloo(shards, tmp_path):
     timed = [a if a != "--steps" else "--minutes" for a in res.args]
     timed[timed.index("--minutes") + 1] = "0.05"
     timed[timed.index("--run-dir") + 1] = str(tmp_path / "timed")
-    timed[timed.index("--master_port") + 1] = str(_free_port())
+    timed[timed.index("--master_port") + 1] = str(free_port())
     res = subprocess.run(timed, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     assert list((tmp_path / "timed").glob("step-*/generator.safetensors"))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

@@ -1,17 +1,24 @@
-"""MLflow: where runs and models go, logging the generator as a pyfunc, and the registry gate."""
+"""All of unmask's MLflow: where runs and models go, logging the generator as a pyfunc, the
+registry gate, pinning a model URI to a version and loading it for inference.
+
+mlflow (and torch) are imported inside the functions: they take seconds to import, and the
+commands that track nothing (`unmask --help`, `unmask folder --method paste`) must not pay that.
+"""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flows.runtime import unmask_home
+from tasks.storage import unmask_home
 
 log = logging.getLogger("unmask.tracking")
 REPO = Path(__file__).resolve().parents[1]
@@ -25,9 +32,10 @@ def tracking_uri() -> str:
     return uri or f"sqlite:///{unmask_home() / 'mlflow.db'}"
 
 
-def setup() -> str:
-    """Point MLflow at the tracking store (checked reachable) and the `unmask` experiment."""
-    import mlflow
+def experiment_id(name: str) -> str:
+    """The id of an experiment in the tracking store (checked reachable), made when missing; a
+    local store keeps its artifacts under UNMASK_HOME."""
+    import mlflow  # mlflow: seconds to import, and only the commands that track need it
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri()
@@ -35,15 +43,36 @@ def setup() -> str:
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
     try:
-        exp = client.get_experiment_by_name(EXPERIMENT)
+        exp = client.get_experiment_by_name(name)
     except Exception as exc:  # noqa: BLE001
         raise ConnectionError(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); "
                               "check MLFLOW_TRACKING_URI or start the server") from None
-    if exp is None:
-        location = (unmask_home() / "artifacts").as_uri() if uri.startswith("sqlite") else None
-        client.create_experiment(EXPERIMENT, artifact_location=location)
+    if exp is not None:
+        return exp.experiment_id
+    location = (unmask_home() / "artifacts").as_uri() if uri.startswith("sqlite") else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def setup() -> str:
+    """Point MLflow at the tracking store (checked reachable) and the `unmask` experiment."""
+    import mlflow  # mlflow: seconds to import
+
+    experiment_id(EXPERIMENT)
     mlflow.set_experiment(EXPERIMENT)
-    return uri
+    return tracking_uri()
+
+
+def log_run(experiment: str, run_name: str, tags: dict, params: dict, metrics: dict, artifacts: list[str]) -> str:
+    """One finished run (tags, params as strings, metrics, artifact files) in `experiment`; its id."""
+    import mlflow  # mlflow: seconds to import
+
+    with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=run_name) as run:
+        mlflow.set_tags({"git_commit": git_commit(), **tags})
+        mlflow.log_params({k: ("" if v is None else str(v))[:6000] for k, v in params.items()})
+        mlflow.log_metrics(metrics)
+        for path in artifacts:
+            mlflow.log_artifact(path)
+        return run.info.run_id
 
 
 def git_commit() -> str:
@@ -87,7 +116,7 @@ def example_input(size: int) -> dict[str, np.ndarray]:
 
 def log_generator(generator, channels: int, size: int, data_tags: dict) -> str:
     """Log the EMA generator as a pyfunc (models-from-code); returns the model URI."""
-    import mlflow
+    import mlflow  # mlflow: seconds to import
     from mlflow.models import infer_signature
     from safetensors.torch import save_model
 
@@ -116,7 +145,7 @@ def log_generator(generator, channels: int, size: int, data_tags: dict) -> str:
 
 def score_model(model_uri: str, cases: list[dict]) -> float:
     """Hole PSNR of a logged model on the validation cases (re-scored in this run)."""
-    import mlflow
+    import mlflow  # mlflow: seconds to import
     import torch
 
     from model.metrics import score
@@ -135,7 +164,7 @@ def score_model(model_uri: str, cases: list[dict]) -> float:
 def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: float, cases: list[dict]) -> dict:
     """Register as `challenger`; promote to `champion` only when it beats both the current
     champion (re-scored on the same cases) and the paste baseline by more than the margin."""
-    import mlflow
+    import mlflow  # mlflow: seconds to import
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -157,3 +186,81 @@ def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: 
     for k, v in tags.items():
         client.set_model_version_tag(name, version.version, k, v)
     return {"name": name, "version": int(version.version), "alias": decision, **tags}
+
+
+# --- models for inference ----------------------------------------------------------------------
+
+DEFAULT_MODEL = "models:/unmask@champion"
+
+
+class ModelNotFound(RuntimeError):
+    """No usable model at the URI; the message says how to get one."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    uri: str              # what workers load: models:/NAME/VERSION, runs:/..., or a local folder
+    asked: str            # what the user asked for
+    version: str | None   # registry version, when there is one
+    tracking_uri: str
+
+
+def _how_to_get_one(asked: str, tracking_uri: str) -> str:
+    return (f"no model found at {asked} (tracking URI {tracking_uri}). Train and register one with "
+            f"`unmask train DATA` (DATA from `unmask preprocess`), or run `make demo`; or pass --model "
+            f"models:/NAME@ALIAS, runs:/RUN_ID/model or a model folder; --method paste or telea need no model.")
+
+
+def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
+    """Pin a model URI to what it points at now, or raise ModelNotFound.
+
+    Takes models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> (a logged model), runs:/ID/PATH
+    or a local model folder."""
+    import mlflow  # mlflow: seconds to import
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    asked = asked or DEFAULT_MODEL
+    mlflow.set_tracking_uri(tracking_uri)
+    if not asked.startswith(("models:/", "runs:/")) and ("://" not in asked or asked.startswith("file://")):
+        folder = Path(asked.removeprefix("file://")).expanduser()
+        if not (folder / "MLmodel").is_file():
+            raise ModelNotFound(_how_to_get_one(asked, tracking_uri) + f" ({folder} has no MLmodel file)")
+        return ModelRef(str(folder.resolve()), asked, None, tracking_uri)
+    if asked.startswith("models:/"):
+        name, _, rest = asked.removeprefix("models:/").partition("@")
+        client = MlflowClient()
+        if not rest and "/" not in name:  # MLflow 3 logged model, models:/m-<id>: not in the registry
+            try:
+                client.get_logged_model(name)
+            except MlflowException as exc:
+                raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
+            return ModelRef(asked, asked, None, tracking_uri)
+        try:
+            if rest:
+                version = client.get_model_version_by_alias(name, rest).version
+            else:
+                name, _, version = name.partition("/")
+                client.get_model_version(name, version)
+        except MlflowException as exc:
+            raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
+        return ModelRef(f"models:/{name}/{version}", asked, str(version), tracking_uri)
+    if asked.startswith("runs:/"):
+        try:
+            mlflow.artifacts.list_artifacts(asked)
+        except MlflowException as exc:
+            raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
+        return ModelRef(asked, asked, None, tracking_uri)
+    raise ModelNotFound(f"--model {asked!r}: use models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model "
+                        f"or a local model folder")
+
+
+@functools.lru_cache(maxsize=2)
+def load_generator(uri: str, tracking_uri: str):
+    """(generator in eval mode, torch device, crop size it was trained at): loaded once per process."""
+    import mlflow  # mlflow: seconds to import
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    return wrapper.generator, wrapper.device, int(wrapper.config.get("size", 256))

@@ -1,0 +1,56 @@
+"""The options of a training run: the one source that `unmask train` (typer), the `train-unmask`
+flow and `python -m flows.train` (torchrun) read. Plain dataclasses, no torch: the command line
+builds its options from these without loading the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+
+def _cli(help: str, default=None):
+    """An option of both training command lines (the help text is theirs)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainOptions:
+    """Every option of a training run. Those with help text are the command line's (typer and
+    argparse are both made from them); the rest are the loop's settings."""
+    data: str = field(metadata={"help": "A preprocess OUTPUT folder (with shards/)."})
+    steps: int | None = _cli("Train this many steps.")
+    minutes: float | None = _cli("Train this many minutes (with or instead of --steps).")
+    batch_size: int = _cli("Faces per step (per process).", 8)
+    size: int | None = _cli("128 or 256 (default: the shards' size; smaller downscales).")
+    device: str = _cli("auto, cpu or cuda.", "auto")
+    run_dir: str | None = _cli("Checkpoints folder (default $UNMASK_HOME/runs/<time>).")
+    resume: bool = _cli("Continue from the last checkpoint in --run-dir.", False)
+    register_as: str = _cli("Registered model name in MLflow.", "unmask")
+    channels: int = _cli("Generator width (channels of its first layer).", 32)
+    val_cases: int = _cli("Validation cases scored at every validation.", 64)
+    workers: int = _cli("DataLoader worker processes per training process.", 2)
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    adv_weight: float = 0.1
+    ema_decay: float = 0.999
+    drop_reference: float = 0.3
+    checkpoint_every: int = 500
+    val_every: int = 250
+    seed: int = 0
+    compile: bool = False
+
+    @classmethod
+    def cli_fields(cls):
+        """The fields both command lines offer, in order (`data` is the positional argument)."""
+        return [f for f in fields(cls) if f.metadata.get("help")]
+
+    def check(self) -> None:
+        """What makes a run impossible before anything starts, as one TrainError."""
+        if self.steps is None and self.minutes is None:
+            raise TrainError("say how long to train: --steps N or --minutes M")
+        if self.resume and not self.run_dir:
+            raise TrainError("--resume needs --run-dir (the folder holding step-NNNNNNN checkpoints)")
+
+
+class TrainError(RuntimeError):
+    """A condition that stops training before it starts, with a message saying what to do."""
