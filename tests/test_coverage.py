@@ -30,15 +30,21 @@ def test_demo_faces_leave_no_band_and_change_nothing_far_from_the_mask():
 
 
 def test_faces_bulk_masks_are_filled_to_their_edges():
-    """Rendered masks (procedural with ear loops, templates in turn) on 40 faces-bulk faces. Where
-    the skin sample was partly mask, GrabCut kept a fragment (a strap, a highlight) and left most
-    of the mask (up to 88% here, mean 7.5%); it now starts again from the whole core. What is
-    left: gas masks' separate filters (under half the mask), bands of 1-5% at chin and sides."""
+    """Rendered masks (procedural with ear loops, templates in turn) on 40 faces-bulk faces. The
+    colour/GrabCut segmenter left up to 55% of a mask here (gas masks' separate filters), mean
+    2-4%; the learned one (tasks/segmenter.onnx) leaves 0.9% on average: thin straps' far ends,
+    and the part of a mask below the aligned crop's edge where the photo's crop is cut under the
+    chin (24% of one procedural mask, the worst case here, which no segmenter of the crop can fill).
+    Changed pixels beyond the mask grown by 15%: one case (a gas mask's filter edge)."""
     cases = [c for c in rendered_cases(Path(shared()), 40, offset=0) if c.found]
     assert len(cases) >= 36
     unfilled = np.array([c.unfilled for c in cases])
-    assert unfilled.max() <= 0.55, np.round(unfilled, 3)
-    assert unfilled.mean() <= 0.04, np.round(unfilled, 3)
+    assert unfilled.max() <= 0.3, np.round(unfilled, 3)
+    assert unfilled.mean() <= 0.015, np.round(unfilled, 3)
+    assert (unfilled > BAND).mean() <= 0.3, np.round(unfilled, 3)
+    spilled = [c.outside for c in cases if c.outside > 0]
+    assert len(spilled) <= 2, spilled
+    assert max(c.reach for c in cases) <= 0.3, [round(c.reach, 3) for c in cases]
 
 
 def test_ear_loops_are_added_thin():
