@@ -66,7 +66,7 @@ def test_segmenter_beats_kmeans_and_polygon_on_hand_labels():
                              ("polygon", lambda im, lm: mask_region(lm, im.shape))):
                 scores[name].append(iou(fn(img, faces[0]), label) if faces else 0.0)
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
-    assert mean["default"] >= 0.9, mean
+    assert mean["default"] >= 0.95, mean  # 0.970 with the learned segmenter, 0.96 with GrabCut
     assert mean["default"] > mean["k-means"] + 0.05 and mean["default"] > mean["polygon"] + 0.1, mean
 
 
@@ -79,7 +79,7 @@ def test_segmenter_finds_rendered_masks_down_to_the_chin():
     for face, lm in _unseen_faces(shared("faces-bulk"), 30):
         masked, lm_masked, truth = _rendered(face, lm, rng, templates)
         scores.append(iou(segment_mask(masked, lm_masked), truth) if lm_masked is not None else 0.0)
-    assert np.mean(scores) > 0.78, np.round(scores, 2)  # 0.81 here; 0.73 with the old 0.25
+    assert np.mean(scores) > 0.88, np.round(scores, 2)  # learned 0.92; GrabCut 0.81, 0.73 with the old 0.25
 
 
 def test_segmenter_keeps_masks_that_fill_the_whole_core():
@@ -93,7 +93,7 @@ def test_segmenter_keeps_masks_that_fill_the_whole_core():
         if again:
             found += 1
             lost += iou(segment_mask(masked, again[0]), truth) < 0.3
-    assert found >= 110 and lost <= 4, (found, lost)  # 3 of 115 here, 8 before
+    assert found >= 110 and lost <= 1, (found, lost)  # learned 0 of 115; GrabCut 3, 8 before
 
 
 def test_real_masked_photos_get_whole_masks():
@@ -118,7 +118,7 @@ def test_real_masked_photos_get_whole_masks():
     covered = np.array(covered)
     assert len(covered) >= 40
     assert (covered > 0).all()
-    assert (covered < 0.5).mean() <= 0.15, np.round(np.sort(covered), 2)
+    assert (covered < 0.5).mean() <= 0.06, np.round(np.sort(covered), 2)  # learned 2 of 79
 
 
 def test_learned_segmenter_is_the_default_and_grabcut_stays(astronaut_face):
