@@ -51,6 +51,7 @@ WEARS = {"correct": 0.6, "nose": 0.2, "chin": 0.2}
 GREY = 0.15
 MFN_FIRST = 60           # the first of each sorted MaskedFace-Net list are evaluation faces
 SEED = 0
+STEPS = 2000             # of 32 samples: about 20 minutes on two shared cores (0.6-1.5 s a step)
 LICENCE = ("Trained on: faces-bulk (All-Age-Faces dataset, research use) with masks rendered by "
            "tasks/render.py, mask templates from MaskTheFace (MIT); MaskedFace-Net / MaskedFaceSegmentation "
            "CWM and IWM images and hand labels (CC BY-NC-SA 4.0; FFHQ images, CC BY-NC-SA 4.0). "
@@ -219,7 +220,7 @@ def augment(x, y, gen):
     return x, y[:, None]
 
 
-def train(minutes: float, threads: int, batch: int = 32):
+def train(steps: int, threads: int, batch: int = 32):
     import torch
     import torch.nn.functional as F
 
@@ -234,8 +235,6 @@ def train(minutes: float, threads: int, batch: int = 32):
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(SEED)
     rng = np.random.default_rng(SEED)
-    # a fixed number of steps (not a time budget): the fit is deterministic given the cache
-    steps = int(minutes * 60 / step_seconds(net, batch, threads))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     t0, run = time.time(), 0.0
     net.train()
@@ -258,20 +257,6 @@ def train(minutes: float, threads: int, batch: int = 32):
     return net
 
 
-def step_seconds(net, batch: int, threads: int) -> float:
-    """Seconds per training step on this machine, measured once (rounded, so reruns agree)."""
-    import copy
-
-    import torch
-
-    probe = copy.deepcopy(net)
-    x = torch.zeros(batch, 4, NET_SIZE, NET_SIZE)
-    t0 = time.time()
-    for _ in range(3):
-        probe(x).mean().backward()
-    return round((time.time() - t0) / 3 * 1.15, 1)
-
-
 def export(net, path: Path, n_samples: int, lines: int) -> None:
     import onnx
     import torch
@@ -282,7 +267,8 @@ def export(net, path: Path, n_samples: int, lines: int) -> None:
     model = onnx.load_from_string(buf.getvalue())
     for k, v in {"licence": LICENCE, "input": "1x4x128x128: RGB/255-0.5 of the face aligned by tasks.segment.net_input, "
                  "landmark mask polygon (blurred) 0..1", "output": "1x1x128x128 mask logit",
-                 "samples": str(n_samples), "data_lines": str(lines), "fit": "benchmarks/fit_segmenter.py"}.items():
+                 "samples": str(n_samples), "data_lines": str(lines), "steps": str(STEPS),
+                 "fit": "benchmarks/fit_segmenter.py"}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
     model.doc_string = LICENCE
@@ -300,7 +286,7 @@ def export(net, path: Path, n_samples: int, lines: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True, help="../shared/data")
-    ap.add_argument("--minutes", type=float, default=20.0, help="training time, fixed as a step count")
+    ap.add_argument("--steps", type=int, default=STEPS, help="training steps of 32 samples")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-list", action="store_true", help="draw the data list again (else read it)")
     ap.add_argument("--rebuild", action="store_true", help="render the cache again")
@@ -312,7 +298,7 @@ def main() -> None:
     lines = [ln for ln in DATA_LIST.read_text().splitlines() if ln and not ln.startswith("#")]
     if args.rebuild or not CACHE.exists():
         build_cache(args.data, lines)
-    net = train(args.minutes, args.threads)
+    net = train(args.steps, args.threads)
     export(net, MODEL_PATH, len(np.load(CACHE)["y"]), len(lines))
 
 

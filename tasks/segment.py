@@ -1,10 +1,13 @@
-"""Mask segmentation and mask presence.
+"""Mask segmentation.
 
-`segment_kmeans` is the paper's method: k-means (k=3) inside the landmark polygon, largest
-cluster. `segment_mask` is the default: a skin colour model from the upper face (forehead, nose
-bridge, temples: landmarks there are visible over a mask) marks what inside a grown landmark
-polygon is unlike skin, and GrabCut, initialised from that, refines it at a small working scale.
-`has_mask` decides from the same skin model whether the lower face is covered at all.
+`segment_mask` is the default: a small learned network (`segment_learned`, weights in
+tasks/segmenter.onnx, fitted by benchmarks/fit_segmenter.py, run with OpenCV's DNN module) on the
+face aligned by its landmarks, with the landmark mask polygon as a prior; `mask_probability` gives
+its per-pixel probability. Without the model file, or with method="grabcut", the colour segmenter
+(`segment_grabcut`): a skin colour model from the upper face (landmarks there are visible over a
+mask) marks what inside a grown landmark polygon is unlike skin, and GrabCut, initialised from
+that, refines it at a small working scale. `segment_kmeans` is the paper's method: k-means (k=3)
+inside the landmark polygon, largest cluster. Presence is decided apart (tasks/presence.py).
 """
 from __future__ import annotations
 
