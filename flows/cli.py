@@ -1,10 +1,16 @@
-"""The `unmask` command line: one subcommand per job."""
+"""The `unmask` command line: one subcommand per job.
+
+Each command imports its flow, Prefect, torch and MLflow inside its function: `unmask --help` (and
+a command that does not need them) must not load them (tests/test_cli.py checks it).
+"""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import threading
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -142,10 +148,7 @@ def preprocess(
 def _train_signature():
     """`unmask train`'s parameters, made from TrainOptions' command-line fields (the same fields
     `python -m flows.train` offers), so the two command lines cannot drift apart."""
-    import inspect
-    import typing
-
-    from model.options import TrainOptions
+    from model.options import TrainOptions  # dataclasses only, no torch
 
     hints = typing.get_type_hints(TrainOptions)
     params = []

@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
 from flows.runtime import run_on_dask
 from tasks.folder import (BASELINES, METHODS, FolderOptions, partition, plan, process_items, summarise,
                           write_manifest, write_summary)
+from tasks import storage
+from tasks.folder import is_done
 from tasks.images import MAX_PIXELS
+from tasks.report import write_report
+from tasks.threads import pin_threads
 
 SUMMARY_ARTIFACT = "unmask-folder-summary"
 
@@ -16,8 +22,6 @@ SUMMARY_ARTIFACT = "unmask-folder-summary"
 @task(name="unmask-shard", retries=1, retry_delay_seconds=1)
 def unmask_shard(index: int, items: list[dict], opts: FolderOptions) -> list[dict]:
     """One shard of photos; returns their manifest rows (small records, never arrays)."""
-    from tasks.threads import pin_threads
-
     pin_threads(1)
     return process_items(items, opts)
 
@@ -25,8 +29,6 @@ def unmask_shard(index: int, items: list[dict], opts: FolderOptions) -> list[dic
 def _run_shards(shards: list[list[dict]], opts: FolderOptions, workers: int | None,
                 dask_address: str | None) -> list[dict]:
     """The shards on Dask, with a progress artifact on this flow run updated as each one lands."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
     progress = create_progress_artifact(0.0, key="unmask-folder-progress",
                                         description=f"photos unmasked into {opts.output_dir}")
     total = sum(len(s) for s in shards)
@@ -41,10 +43,6 @@ def _run_shards(shards: list[list[dict]], opts: FolderOptions, workers: int | No
 def check_inputs(input_dir: str, reference: str | None, pairs: str | None, method: str = "gan",
                  masks: str | None = None) -> None:
     """The same checks for the command line and a deployment run: one clear error each."""
-    from pathlib import Path
-
-    from tasks import storage
-
     if method not in METHODS + BASELINES:
         raise ValueError(f"--method {method!r}: use one of {', '.join(METHODS + BASELINES)}")
     fs, base = storage.filesystem(str(input_dir))
@@ -105,11 +103,6 @@ def unmask_folder(
     assume_masked: bool = False,
 ) -> dict:
     """Unmask every photo under `input_dir` into `output_dir`; returns the summary (or the plan)."""
-    from prefect.artifacts import create_markdown_artifact
-
-    from tasks.folder import is_done
-    from tasks.report import write_report
-
     log = get_run_logger()
     start = time.perf_counter()
     check_inputs(input_dir, reference, pairs, method, masks)

@@ -10,6 +10,8 @@ import logging
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.deployments import run_deployment
+from prefect.exceptions import MissingContextError, ObjectNotFound
 
 from flows.preprocess import preprocess
 from flows.train import train_unmask
@@ -60,9 +62,6 @@ def retrain_unmask(input_dir: str, data: str, steps: int | None = None, minutes:
 def start_training(data: str, deployment: str = "train-unmask/default", **params) -> dict | None:
     """After preprocessing: run the training deployment if one exists (e.g. on a GPU pool),
     else train in this process."""
-    from prefect.deployments import run_deployment
-    from prefect.exceptions import ObjectNotFound
-
     data = _absolute(data)  # a deployment's worker runs in a folder of its own
     try:
         run = run_deployment(deployment, parameters={"data": data, **params}, timeout=0)
@@ -74,8 +73,6 @@ def start_training(data: str, deployment: str = "train-unmask/default", **params
 
 
 def _logger():
-    from prefect.exceptions import MissingContextError
-
     try:
         return get_run_logger()
     except MissingContextError:

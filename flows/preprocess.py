@@ -7,19 +7,19 @@ from __future__ import annotations
 
 import time
 
+import pyarrow.parquet as pq
 from prefect import get_run_logger, task
 
 from flows.runtime import run_on_dask
 from tasks import storage
 from tasks.images import list_inputs
 from tasks.preprocess import Options, merge_rejects, process_shard, read_identities_csv, read_pairs_csv
+from tasks.threads import pin_threads
 
 
 @task(name="preprocess-shard", retries=2, retry_delay_seconds=1)
 def preprocess_shard(index: int, sources: list[str], opts: Options) -> dict:
     """One shard; returns its small marker record (never arrays)."""
-    from tasks.threads import pin_threads
-
     pin_threads(1)
     record = process_shard(index, sources, opts)
     return record
@@ -45,8 +45,6 @@ def done_shards(output_dir: str) -> dict[int, dict]:
 
 def sources_of(output_dir: str, records: dict[int, dict]) -> set[str]:
     """Every input already turned into a row or a reject."""
-    import pyarrow.parquet as pq
-
     fs, base = storage.filesystem(output_dir)
     seen = {r["source"] for rec in records.values() for r in rec.get("reject_rows", [])}
     for index in records:

@@ -5,8 +5,14 @@ with `unmask train`); the work is `tasks.training.train_and_register`.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import logging
+import os
+import typing
 
+import torch
+import torch.distributed as dist
 from prefect import flow, get_run_logger
 
 from model.options import TrainOptions
@@ -29,9 +35,6 @@ def train_unmask(data: str, steps: int | None = None, minutes: float | None = No
 
 def argument_parser():
     """argparse over TrainOptions' command-line fields: the same options as `unmask train`."""
-    import argparse
-    import typing
-
     ap = argparse.ArgumentParser(description=main.__doc__)
     hints = typing.get_type_hints(TrainOptions)
     for f in TrainOptions.cli_fields():
@@ -50,12 +53,6 @@ def main() -> None:
 
     The same options as `unmask train`; rank 0 logs, checkpoints, registers and gates.
     """
-    import json
-    import os
-
-    import torch
-    import torch.distributed as dist
-
     ap = argument_parser()
     opts = TrainOptions(**vars(ap.parse_args()))
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():  # started by torchrun

@@ -19,6 +19,7 @@ are scored at that size. References are the other photo upscaled, not framed.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path, PurePosixPath
@@ -26,7 +27,7 @@ from typing import Callable
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from tasks.storage import write_file_atomic
 
@@ -46,8 +47,6 @@ def upscale_factor(h: int, w: int) -> int:
 
 def _load(path: Path) -> tuple[np.ndarray, int]:
     """A photo as RGB uint8 (EXIF applied), upscaled bicubically when small; and the factor."""
-    from PIL import ImageOps
-
     with Image.open(path) as img:
         rgb = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
     f = upscale_factor(*rgb.shape[:2])
@@ -65,8 +64,6 @@ def frame(rgb: np.ndarray, fraction: float = PAD_FRACTION) -> tuple[np.ndarray, 
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG", compress_level=1)
     write_file_atomic(path, buf.getvalue())

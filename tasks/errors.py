@@ -1,6 +1,4 @@
-"""The per-item error that every task raises for input it cannot use."""
-
-REASONS = ("empty", "corrupt", "not-an-image", "too-small", "too-large", "no-face")
+"""The per-item error that every task raises for input it cannot use (its reasons: README.md)."""
 
 
 class Reject(Exception):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from tasks.bench_report import write_section
 from tasks.cases import _identity_candidates, _load, frame  # noqa: F401 - benchmarks/bench_geometry.py imports them from here
 from tasks.folder import FolderOptions, partition, plan, process_items, write_manifest
 from tasks.registry import DATA_LICENCE, ModelNotFound, ModelRef, log_run, resolve_model, tracking_uri
@@ -134,7 +135,5 @@ def evaluate(cases_dir: str | Path, output_dir: str | Path, model: str | None = 
             "model_asked": ref and ref.asked, "model_version": ref and ref.version})
         (output_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True))
     if write_benchmarks:
-        from tasks.bench_report import write_section
-
         write_section(SECTION, benchmark_section(summary))
     return summary

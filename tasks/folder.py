@@ -254,7 +254,7 @@ def _software() -> str:
 
 def _load_method(opts: FolderOptions):
     """(fill function, crop size) for the method; the generator loads once per process."""
-    from tasks import unmask
+    from tasks import unmask  # as in process_items
 
     if opts.method == "gan":
         from tasks.registry import load_generator  # mlflow and torch: only for the model
@@ -268,7 +268,7 @@ def _load_method(opts: FolderOptions):
 
 def process_items(items: list[dict], opts: FolderOptions, timings: dict | None = None) -> list[dict]:
     """Unmask a shard of inputs (skipping finished ones); returns their manifest rows."""
-    from tasks import unmask
+    from tasks import unmask  # MediaPipe and the geometry: only the workers need them, not the planner
 
     timings = {} if timings is None else timings
     in_fs, in_base = storage.filesystem(opts.input_dir)
@@ -345,7 +345,7 @@ def _finish(item: dict, row: dict, images, photo, opts: FolderOptions, spent: fl
     fs, base = storage.filesystem(opts.output_dir)
     s = time.perf_counter()
     if images is not None:
-        from tasks import unmask
+        from tasks import unmask  # as in process_items
 
         native, found = images
         text = {"Software": _software(), "unmask:method": opts.method}

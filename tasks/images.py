@@ -1,6 +1,7 @@
 """Robust photo loading: any mode, EXIF orientation, size guards."""
 from __future__ import annotations
 
+import csv
 import io
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import Reject
+from tasks.storage import filesystem
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 64
@@ -26,8 +28,6 @@ def is_image_name(name: str) -> bool:
 def walk(root: str | os.PathLike, skip: str | None = None) -> list[str]:
     """Every file under root (a folder or fsspec URL), recursively: sorted POSIX paths relative to
     root. `skip`: a folder (as a path or URL) left out with everything below it."""
-    from tasks.storage import filesystem
-
     fs, base = filesystem(str(root))
     base = base.rstrip("/")
     if not fs.isdir(base):
@@ -46,8 +46,6 @@ def list_inputs(root: str | os.PathLike) -> tuple[list[str], list[str]]:
 def read_pairs(path: str) -> list[tuple[str, str]]:
     """Rows of a pairs CSV (`input,reference`), stripped, exact duplicates dropped, order kept;
     the reference may be empty (none)."""
-    import csv
-
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "input" not in reader.fieldnames:
@@ -109,7 +107,7 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: in
 
 def encode_png(arr: np.ndarray) -> bytes:
     """PNG bytes of an 8-bit RGB or single-channel array (cv2: faster than Pillow)."""
-    import cv2
+    import cv2  # OpenCV: a tenth of a second to import, and `unmask --help` imports this module
 
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
@@ -120,7 +118,7 @@ def encode_png(arr: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes, grey: bool = False) -> np.ndarray:
-    import cv2
+    import cv2  # as above
 
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
     if arr is None:

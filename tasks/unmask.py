@@ -108,7 +108,6 @@ class PhotoResult:
     status: str = "ok"
     reason: str = ""
     presence: list[float] = field(default_factory=list)  # per face: probability it wears a mask
-    timings: dict = field(default_factory=dict)
 
 
 # --- references ----------------------------------------------------------------------------------
@@ -166,7 +165,7 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
     user_mask: the user's own mask at the photo's size (0/255), used instead of the found one;
     assume_masked: every face wears a mask (the presence decision is skipped).
     """
-    res = PhotoResult(timings=timings)
+    res = PhotoResult()
     s = time.perf_counter()
     faces = [f for f in detect_faces(photo.rgb, depth=True) if np.ptp(f[:, 0]) >= MIN_FACE_PX]
     s = lap(timings, "landmarks", s)
