@@ -49,6 +49,7 @@ DESCRIBE = {
     "robust": "weak-perspective, outlying visible points dropped (3 rounds)",
     "similarity-2d-jaw": "similarity-2d, the chin drawn towards the mask's lower edge",
     "robust-jaw": "robust, the chin drawn towards the mask's lower edge",
+    "robust-prior-jaw": "robust-jaw, or the shape model where the reference's shape misfits the visible points",
     "modes": "the reference's shape deformed by the shape model's modes, fitted (robust)",
     "modes-jaw": "modes, the chin drawn towards the mask's lower edge",
     "prior": "no reference: the 3-D face shape model fitted instead (robust)",

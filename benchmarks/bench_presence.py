@@ -92,10 +92,14 @@ def legacy_has_mask(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[bool, float
 # --- the benchmark ----------------------------------------------------------------------------------
 
 def eval_faces(data: Path) -> list[str]:
-    """faces-bulk faces of the evaluation split that the old model's fit (seed 11, 300) did not use."""
+    """faces-bulk faces of the evaluation split that neither the old model's fit (seed 11, 300) nor
+    the learned segmenter's training (benchmarks/segmenter_data.txt; presence uses its output) used."""
     rels = list_inputs(data / "faces-bulk")[0]
     old_fit = {rels[i] for i in np.random.default_rng(11).choice(len(rels), 300, replace=False)}
-    return [r for r in rels if split(r) == "eval" and r not in old_fit]
+    listing = Path(__file__).with_name("segmenter_data.txt")
+    seen = {ln.split("\t")[1] for ln in listing.read_text().splitlines()
+            if ln.startswith("faces-bulk\t")} if listing.exists() else set()
+    return [r for r in rels if split(r) == "eval" and r not in old_fit and Path(r).name not in seen]
 
 
 def eval_kinds() -> list[tuple[str, None, str]]:

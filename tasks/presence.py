@@ -27,9 +27,10 @@ import numpy as np
 
 from tasks.regions import CHEEK_L, CHEEK_R, CHIN, FACE_OVAL, NOSE_BRIDGE, fill_polygon, mask_polygon
 from tasks.segment import SKIN_WEIGHTS, is_greyscale, skin_distance, skin_model, skin_region
+from tasks.segment import mask_probability as mask_probability_map
 
 MODEL_PATH = Path(__file__).with_name("presence_model.npz")
-FEATURES_VERSION = 2   # bumped whenever features change: a model fitted on other features is refused
+FEATURES_VERSION = 3   # bumped whenever features change: a model fitted on other features is refused
 WORK = 128             # aligned crop side at which features are computed (FFHQ crop: face ~50 px high)
 MIN_PIXELS = 12        # a sub-region with fewer pixels (at the work scale) counts as empty
 # Sub-regions of the lower face: (name, down from, down to, |side| from, |side| to). "down": 0 at
@@ -50,7 +51,8 @@ SHAPE_BINS = 8         # orientation bins (unsigned)
 THUMB = 6              # and its lightness, this many cells a side, against the skin's
 FEATURE_NAMES = tuple(f"{r[0]} {f}" for r in REGIONS for f in PER_REGION) + GLOBAL + tuple(
     f"shape {i}" for i in range(SHAPE_CELLS * SHAPE_CELLS * SHAPE_BINS)) + tuple(
-    f"thumb {i}" for i in range(THUMB * THUMB))
+    f"thumb {i}" for i in range(THUMB * THUMB)) + tuple(
+    f"{r[0]} {f}" for r in REGIONS for f in ("learned mean", "learned share")) + ("learned area",)
 UNLIKE = 3.0           # Mahalanobis distance from skin beyond which a pixel counts as unlike skin
 
 
@@ -117,8 +119,28 @@ def _shape(grey_img: np.ndarray, lm: np.ndarray, skin_l: float) -> np.ndarray:
     return np.concatenate([np.sqrt(hist / (hist.sum() + 1e-3)), thumb.ravel()]).astype(np.float32)
 
 
-def presence_features(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
-    """The feature vector (FEATURE_NAMES) of an aligned face crop, or None when no skin is seen."""
+def _learned(prob: np.ndarray | None, shape, down: np.ndarray, side: np.ndarray) -> list[float]:
+    """What the learned segmenter (tasks.segment.mask_probability) sees: its mean probability and
+    the share of pixels it calls mask in each sub-region, and the mask area it predicts against
+    the lower face's. It was trained on masks of every kind and on bare faces, so it is the cue
+    that carries the kinds colour contrasts miss (gas masks, grey masks on grey photos)."""
+    if prob is None:
+        return [0.0] * (2 * len(REGIONS) + 1)
+    p = cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    out = []
+    for _name, d0, d1, u0, u1 in REGIONS:
+        r = (down >= d0) & (down < d1) & (side >= u0) & (side < u1)
+        out.extend([float(p[r].mean()), float((p[r] > 0.5).mean())] if r.sum() >= MIN_PIXELS else [0.0, 0.0])
+    lower = (down >= 0.0) & (down < 1.25) & (side < 1.0)
+    out.append(float((p > 0.5).sum()) / max(float(lower.sum()), 1.0))
+    return out
+
+
+def presence_features(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray | None:
+    """The feature vector (FEATURE_NAMES) of an aligned face crop, or None when no skin is seen.
+    prob: the learned segmenter's probability map of the crop, if already computed."""
+    if prob is None:
+        prob = mask_probability_map(rgb, landmarks)
     small, lm = _small(rgb, landmarks)
     lab = cv2.cvtColor(cv2.GaussianBlur(small, (3, 3), 0), cv2.COLOR_RGB2LAB)
     grey = is_greyscale(lab)
@@ -154,7 +176,8 @@ def presence_features(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | No
     dc = dist[core] if core.sum() >= MIN_PIXELS else np.zeros(1, np.float32)
     out.extend([float(grey), mL / 100.0, mc / 16.0, np.log(sstd), np.log1p(float(np.median(dc))),
                 float((dc > UNLIKE).mean())])
-    return np.concatenate([np.float32(out), _shape(labf[..., 0], lm, mL)])
+    return np.concatenate([np.float32(out), _shape(labf[..., 0], lm, mL),
+                           np.float32(_learned(prob, lab.shape, down, side))])
 
 
 @functools.lru_cache(maxsize=1)
@@ -184,12 +207,13 @@ def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> float:
     return 0.0 if feats is None else float(predict(load_model(), feats)[0])
 
 
-def has_mask(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[bool, float]:
+def has_mask(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | None = None) -> tuple[bool, float]:
     """(does this face wear a mask?, the probability it was decided on), for an aligned face crop
     and its FaceMesh landmarks in crop pixels. Greyscale photos have their own threshold (the
     model file's `threshold_grey`): both are set on the fit's bare faces, for at most 1% of them
-    judged masked, since a bare face judged masked gets its nose and mouth painted over."""
-    feats = presence_features(rgb, landmarks)
+    judged masked, since a bare face judged masked gets its nose and mouth painted over.
+    prob: the learned segmenter's probability map of the crop, if already computed."""
+    feats = presence_features(rgb, landmarks, prob)
     if feats is None:
         return False, 0.0
     model = load_model()
