@@ -210,15 +210,16 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.nd
     reference: (crop, landmarks) or None; given: the user's mask on this crop (0/255), which
     replaces both the presence decision and the segmentation (an empty one: no mask here)."""
     from tasks.presence import has_mask
-    from tasks.segment import segment_mask
+    from tasks.segment import mask_probability, segment_mask
 
     timings = {} if timings is None else timings
     s = time.perf_counter()
-    masked, score = has_mask(crop, landmarks[:, :2])
+    prob = mask_probability(crop, landmarks[:, :2])  # the learned segmenter's map, used by both
+    masked, score = has_mask(crop, landmarks[:, :2], prob)
     if given is not None:
         found = given
     elif masked or assume_masked:
-        found = segment_mask(crop, landmarks[:, :2])
+        found = segment_mask(crop, landmarks[:, :2], prob=prob)
     else:
         found = None
     s = lap(timings, "segment", s)
