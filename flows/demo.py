@@ -12,6 +12,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tasks.fixtures import write_demo_faces, write_masked_set
+from tasks.images import list_inputs
+
 console = Console()
 OUT = Path(os.environ.get("UNMASK_DEMO_OUT", "demo-out")).resolve()
 
@@ -24,8 +27,6 @@ def demo_faces() -> tuple[Path, int | None]:
             console.print(f"[red]DATA={data} is not a folder[/]")
             sys.exit(1)
         return folder, int(os.environ.get("UNMASK_DEMO_LIMIT", "200"))
-    from tasks.fixtures import write_demo_faces
-
     folder = OUT / "faces"
     write_demo_faces(folder, n=24)
     console.print(f"generated {len(list(folder.iterdir()))} demo faces from skimage's astronaut in {folder}")
@@ -35,7 +36,7 @@ def demo_faces() -> tuple[Path, int | None]:
 def main() -> None:
     from typer.testing import CliRunner  # noqa: F401  (imported so a broken CLI fails early)
 
-    from flows.cli import app
+    from flows.cli import app  # after quiet_prefect_env, which flows.cli sets on import
 
     faces, limit = demo_faces()
     shards = OUT / "shards"
@@ -66,9 +67,6 @@ def main() -> None:
 
 def demo_masked_set(faces: Path, limit: int | None) -> Path:
     """Masks rendered onto (a few of) the demo faces, whole photos, same file stems."""
-    from tasks.fixtures import write_masked_set
-    from tasks.images import list_inputs
-
     photos = [faces / rel for rel in list_inputs(faces)[0][: min(limit or 24, 24)]]
     folder = OUT / "masked"
     made = write_masked_set(photos, folder, seed=1)
@@ -78,7 +76,7 @@ def demo_masked_set(faces: Path, limit: int | None) -> Path:
 
 def registered_alias(name: str) -> str:
     """The alias of the version the demo's training just registered: champion if it passed the gate."""
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # mlflow: seconds to import, for the last step only
 
     from tasks import registry as tracking
 

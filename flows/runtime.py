@@ -1,4 +1,8 @@
-"""What every flow needs around it: a Prefect API for its Dask workers, and a Dask cluster."""
+"""What every flow needs around it: a Prefect API for its Dask workers, and a Dask cluster.
+
+`unmask` imports this module at start-up (quiet_prefect_env): Prefect and Dask are imported
+inside the functions that use them.
+"""
 from __future__ import annotations
 
 import contextlib

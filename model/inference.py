@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def run_generator(generator, device, masked: np.ndarray, mask: np.ndarray, reference: np.ndarray,
                   valid: np.ndarray) -> np.ndarray:
     """Batch of uint8 crops (NxHxWx3 / NxHxW) through the generator; uint8 NxHxWx3 results."""
-    import torch
-
     def t(x, channels_last=True):
         x = torch.from_numpy(np.ascontiguousarray(x)).to(device).float() / 255.0
         return x.permute(0, 3, 1, 2) if channels_last else x[:, None]

@@ -16,7 +16,7 @@ INPUTS = ("masked", "mask", "reference", "reference_valid")
 
 class UnmaskModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        import torch
+        import torch  # the model's code loads when MLflow loads the model, not when it logs it
         from safetensors.torch import load_model
 
         from model.networks import Generator
@@ -29,7 +29,7 @@ class UnmaskModel(mlflow.pyfunc.PythonModel):
         self.generator.to(self.device)
 
     def predict(self, context, model_input, params=None):
-        import torch
+        import torch  # as in load_context
 
         missing = [k for k in INPUTS if k not in model_input]
         if missing:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -99,8 +100,6 @@ def score_generator(generator: torch.nn.Module, cases: list[dict], device: torch
 
 def samples_grid(generator: torch.nn.Module, cases: list[dict], device: torch.device, n: int = 6):
     """masked | warped reference | coarse | result | truth, one row per case, as uint8 HxWx3."""
-    import numpy as np
-
     batch = to_device(stack(cases[:n]), device)
     with torch.no_grad():
         out = generator(batch["masked"], batch["mask"], batch["reference"], batch["reference_valid"])

@@ -29,6 +29,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from tasks.fixtures import mask_photo
+from tasks.landmarks import detect_faces
+from tasks.reference import relight, repose
+from tasks.render import load_templates
 from tasks.storage import write_file_atomic
 
 SOURCES = ("identity-pairs", "faces-bulk")
@@ -70,8 +74,6 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
 
 
 def _has_face(rgb: np.ndarray) -> bool:
-    from tasks.landmarks import detect_faces
-
     return bool(detect_faces(rgb))
 
 
@@ -101,10 +103,6 @@ def build_cases(data: str | Path, cases_dir: str | Path, count: int = 100, seed:
     (or, for identity-pairs, on any of the person's other photos tried as reference, up to 5;
     for faces-bulk, on 3 synthetic re-posings): the skips are counted in the result.
     """
-    from tasks.fixtures import mask_photo
-    from tasks.reference import relight, repose
-    from tasks.render import load_templates
-
     data, out = Path(data), Path(cases_dir)
     for sub in SOURCES:
         if not (data / sub).is_dir():

@@ -10,11 +10,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.align import align_face
+from tasks.images import load_rgb
+from tasks.landmarks import detect_faces
+from tasks.render import render_mask
 from tasks.storage import write_file_atomic
 
 
 def astronaut() -> np.ndarray:
-    from skimage import data
+    from skimage import data  # scikit-image: a second to import, for one photo
 
     return data.astronaut()
 
@@ -66,10 +70,6 @@ def mask_photo(photo: np.ndarray, rng: np.random.Generator, templates=None, size
     The mask is drawn on the aligned crop and warped back, so the photo keeps its own size and
     framing: a test case with ground truth for the full-resolution pipeline. None without a face.
     """
-    from tasks.align import align_face
-    from tasks.landmarks import detect_faces
-    from tasks.render import render_mask
-
     faces = detect_faces(photo)
     if not faces:
         return None
@@ -86,8 +86,6 @@ def mask_photo(photo: np.ndarray, rng: np.random.Generator, templates=None, size
 
 def write_masked_set(faces: list[Path], masked_dir: Path, seed: int = 0, templates=None) -> list[Path]:
     """Masked versions of face photos (same relative names, PNG) for the demo and tests."""
-    from tasks.images import load_rgb
-
     masked_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = []

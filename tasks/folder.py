@@ -11,9 +11,11 @@ import functools
 import io
 import json
 import time
+from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image, ImageOps
 from pydantic import BaseModel
 
 from tasks import baselines, storage
@@ -73,8 +75,6 @@ def user_mask_path(masks_dir: str, rel: str) -> str | None:
 
 def load_user_mask(path: str, shape: tuple[int, int]) -> np.ndarray:
     """A user's mask as 0/255 at the photo's size (EXIF applied), white = mask; or raise Reject."""
-    from PIL import Image, ImageOps
-
     try:
         with Image.open(path) as img:
             grey = np.asarray(ImageOps.exif_transpose(img).convert("L"))
@@ -245,8 +245,6 @@ def done_count(output_dir: str, rels: set[str]) -> int:
 
 def _software() -> str:
     try:
-        from importlib.metadata import version
-
         return f"unmask {version('unmask')}"
     except Exception:  # noqa: BLE001 - not installed as a package
         return "unmask"

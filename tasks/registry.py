@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +97,6 @@ def shard_hashes(data: str) -> dict[str, str]:
 
 def pip_requirements() -> list[str]:
     """What the pyfunc model needs on another host: versions without local tags such as +cpu."""
-    from importlib.metadata import version
-
     def v(name):
         return version(name).split("+")[0]
 

@@ -50,7 +50,7 @@ def face_box(hole: np.ndarray, pad: int = 0) -> tuple[int, int, int, int]:
 def score_case(pred: np.ndarray, truth: np.ndarray, hole: np.ndarray | None, pad: int = 0) -> dict:
     """PSNR, SSIM and L1 on the hole and on the face crop (see the module doc); hole metrics are NaN
     without a hole. `pad`: a frame added around the photo when the case was built, left out of the crop."""
-    import torch
+    import torch  # torch and torchmetrics: only once results are scored (tasks.evaluate re-exports cases)
 
     from model.metrics import score
 

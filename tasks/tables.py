@@ -7,6 +7,8 @@ import io
 import math
 from pathlib import Path
 
+from rich.table import Table
+
 from tasks.scoring import METRICS
 
 SCORE_COLUMNS = ("case", "source", "reference", "method", "status", "reason", "scored_as", *METRICS, "mask_iou",
@@ -50,8 +52,6 @@ def markdown_table(summary: dict) -> str:
 
 
 def rich_table(summary: dict):
-    from rich.table import Table
-
     table = Table(title=f"unmask evaluate: {summary['cases']} cases", show_lines=False)
     for col in ("method", "cases", "PSNR hole", "SSIM hole", "L1 hole", "PSNR face", "SSIM face", "L1 face",
                 "rebuilt", "unchanged"):

@@ -7,11 +7,11 @@ THREAD_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", 
 
 def pin_threads(n: int = 1) -> None:
     """Pin OpenCV and torch thread pools of this process (BLAS reads THREAD_ENV at start)."""
-    import cv2
+    import cv2  # this module is imported before numpy and at `unmask` start-up: OpenCV only when pinning
 
     cv2.setNumThreads(n)
     try:
-        import torch
+        import torch  # as above, and optional here
 
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
