@@ -49,3 +49,16 @@ def align_face(rgb: np.ndarray, landmarks: np.ndarray, size: int = 256):
 
 def _scale(matrix: np.ndarray) -> float:
     return float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+
+
+def widen_matrix(matrix: np.ndarray, size: int, widen: float, keep_size: bool = False) -> np.ndarray:
+    """A photo-to-crop matrix whose square is `widen` times as wide, extended downwards and to both
+    sides with its top edge kept (what lies under a face: a mask reaching below the chin). With
+    keep_size the crop stays `size` pixels (the face smaller); else it becomes `widen * size` pixels
+    at the same scale."""
+    shift = np.float64([[1, 0, (widen - 1) / 2 * size], [0, 1, 0]])
+    out = shift @ np.vstack([matrix.astype(np.float64), [0, 0, 1]])
+    if keep_size:
+        out = out / widen
+    return out.astype(matrix.dtype)
+

@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from tasks.align import align_matrix, widen_matrix
 from tasks.regions import CHIN, FACE_OVAL, NOSE_BRIDGE, down_face, fill_polygon, mask_polygon, mask_region
 
 _ATTEMPTS = 2
@@ -408,15 +409,16 @@ def _net():
     return net
 
 
-def net_input(rgb: np.ndarray, landmarks: np.ndarray, size: int = NET_SIZE):
+def net_input(rgb: np.ndarray, landmarks: np.ndarray, size: int = NET_SIZE, widen: float = 1.0):
     """The network's input for a face in any image: (1x4xSxS float32: RGB in -0.5..0.5 and the
     blurred landmark mask polygon in 0..1, the 2x3 matrix from image to net pixels). A greyscale
-    (2-D) image is made RGB."""
-    from tasks.align import align_matrix
-
+    (2-D) image is made RGB. widen > 1: the face's aligned square widened that much, downwards and
+    to both sides (its top kept), at the same net size: a smaller face, more of what is below it."""
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[..., None], 3, axis=2)
     matrix = align_matrix(landmarks[:, :2], size).astype(np.float64)
+    if widen != 1.0:
+        matrix = widen_matrix(matrix, size, widen, keep_size=True)
     scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
     src, to_src = rgb, matrix
     if scale < 0.75:  # shrink the face's box by area first: a bilinear warp that far down aliases texture
@@ -441,19 +443,44 @@ def net_input(rgb: np.ndarray, landmarks: np.ndarray, size: int = NET_SIZE):
     return x, matrix.astype(np.float32)
 
 
-def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
-    """The learned segmenter's mask probability (float32 0..1) at the image's size, or None where
-    its model file is absent. Its sum over a face is the predicted mask area, a presence cue."""
+WIDEN = 1.5               # how much wider the second look is where a mask runs out of the face's square
+EDGE_ROWS = 8             # net pixels at the square's bottom and sides where mask tells it may run out
+
+
+def _look(rgb: np.ndarray, landmarks: np.ndarray, widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(probability in net pixels, the image-to-net matrix) of one run of the network."""
     net = _net()
-    if net is None:
-        return None
-    x, matrix = net_input(rgb, landmarks)
+    x, matrix = net_input(rgb, landmarks, widen=widen)
     net.setInput(x)
     logit = net.forward().reshape(NET_SIZE, NET_SIZE)
-    prob = (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32)
+    return (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32), matrix
+
+
+def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """The learned segmenter's mask probability (float32 0..1) at the image's size, or None where
+    its model file is absent. Its sum over a face is the predicted mask area, a presence cue.
+
+    The network sees the face's aligned square (FFHQ framing from the landmarks). Under a mask
+    FaceMesh places the mouth and chin too high, so on real photos a mask can run out of that square
+    at the bottom (a band under the chin was left) or the sides: then a second, wider look
+    (WIDEN, the face smaller) supplies the probability outside the first square."""
+    if _net() is None:
+        return None
     h, w = rgb.shape[:2]
-    return cv2.warpAffine(prob, cv2.invertAffineTransform(matrix), (w, h), flags=cv2.INTER_LINEAR,
+    prob, matrix = _look(rgb, landmarks)
+    back = cv2.warpAffine(prob, cv2.invertAffineTransform(matrix), (w, h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    edge = np.concatenate([prob[-EDGE_ROWS:].ravel(), prob[:, :EDGE_ROWS].ravel(), prob[:, -EDGE_ROWS:].ravel()])
+    if (edge > THRESHOLD).any():
+        wide, wide_matrix = _look(rgb, landmarks, WIDEN)
+        inside = cv2.warpAffine(np.ones((NET_SIZE, NET_SIZE), np.float32), cv2.invertAffineTransform(matrix), (w, h),
+                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        wide_back = cv2.warpAffine(wide, cv2.invertAffineTransform(wide_matrix), (w, h), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        # the first look inside its square (taking either look's mask there spilled: the wide look,
+        # on a smaller face, is the coarser), the wide look outside it
+        back = back * inside + wide_back * (1 - inside)
+    return back
 
 
 def _keep_parts(binary: np.ndarray) -> np.ndarray:

@@ -17,17 +17,20 @@ import cv2
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from tasks.align import align_matrix, transform_points
+from tasks.align import align_matrix, transform_points, widen_matrix
 from tasks.baselines import BASELINES
 from tasks.errors import Reject
 from tasks.geometry import predict_landmarks
 from tasks.images import MAX_PIXELS, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
+from tasks.presence import has_mask
 from tasks.reference import reference_crop, warp_onto_face
+from tasks.segment import mask_probability, segment_mask
 from tasks.timing import lap
 
 MIN_FACE_PX = 24        # faces narrower than this in the photo are left alone
 FEATHER_FRAC = 0.04     # dilation and feather width, as a share of the face's crop side
+WIDEN = 1.5             # a face whose mask runs out of its square is done again in a crop this much wider
 HOLE_GROW_FRAC = 0.06   # the found mask is grown by this (share of the crop side) before the fill:
                         # a segmentation a few pixels short leaves a visible rim of mask, while a
                         # fill a few pixels wide costs little (+4.4 dB hole PSNR for the paste on
@@ -99,6 +102,7 @@ class FaceJob:
     reference_raw: np.ndarray | None = None  # the same before colour matching
     found: np.ndarray | None = None          # the mask as segmented (0/255), for masks/
     result: np.ndarray | None = None
+    side: int = 0             # the face's square side in crop pixels (the crop's, unless widened)
 
 
 @dataclass
@@ -148,12 +152,16 @@ def fill_generator(jobs: list[FaceJob], generator, device, batch_size: int = 16)
     # On a GPU faces go through in batches; on a CPU one at a time, which is faster per face
     # (7 M parameters at 256 px, one thread: 1.18 s a face alone, 1.5-1.7 s a face in batches of 3-5).
     batch_size = batch_size if device.type == "cuda" else 1
-    for i in range(0, len(jobs), batch_size):
-        part = jobs[i:i + batch_size]
-        out = run_generator(generator, device, np.stack([j.crop for j in part]), np.stack([j.hole for j in part]),
-                            np.stack([j.reference for j in part]), np.stack([j.valid for j in part]))
-        for j, r in zip(part, out):
-            j.result = r
+    by_size: dict[int, list[FaceJob]] = {}
+    for j in jobs:  # a widened crop is larger: batches hold crops of one size
+        by_size.setdefault(j.crop.shape[0], []).append(j)
+    for same in by_size.values():
+        for i in range(0, len(same), batch_size):
+            part = same[i:i + batch_size]
+            out = run_generator(generator, device, np.stack([j.crop for j in part]), np.stack([j.hole for j in part]),
+                                np.stack([j.reference for j in part]), np.stack([j.valid for j in part]))
+            for j, r in zip(part, out):
+                j.result = r
 
 
 # --- one photo -------------------------------------------------------------------------------------
@@ -182,15 +190,18 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
     jobs = []
     for lm_photo in faces:
         matrix = align_matrix(lm_photo, size)
-        crop = cv2.warpAffine(photo.rgb, matrix, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101)
-        lm = transform_points(lm_photo, matrix)
-        given = None
-        if user_mask is not None:
-            given = np.where(cv2.warpAffine(user_mask, matrix, (size, size), flags=cv2.INTER_LINEAR) > 127, 255,
-                             0).astype(np.uint8)
         s = lap(timings, "align", s)
-        job, score = prepare_face(crop, lm, ref, timings, given, assume_masked)
+        job, score = prepare_face(*_crop(photo, lm_photo, matrix, size, user_mask), ref, timings,
+                                  assume_masked=assume_masked)
         res.presence.append(score)
+        if job is not None and _runs_out(job.found):
+            # Under a mask FaceMesh puts mouth and chin too high, and the face's square with them: a
+            # mask can run out of it under the chin or at the sides. The same face again in a wider
+            # crop (same scale, extended down and sideways), the decision already made.
+            side = int(np.ceil(size * WIDEN / 32) * 32)
+            matrix = widen_matrix(align_matrix(lm_photo, size), size, side / size)
+            job, _ = prepare_face(*_crop(photo, lm_photo, matrix, side, user_mask), ref, timings, presence=score,
+                                  side=size)
         s = time.perf_counter()
         if job is not None:
             job.matrix = matrix
@@ -200,22 +211,44 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
     return jobs, res
 
 
-def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.ndarray, np.ndarray] | None,
-                 timings: dict | None = None, given: np.ndarray | None = None,
-                 assume_masked: bool = False) -> tuple[FaceJob | None, float]:
+def _crop(photo: Photo, lm_photo: np.ndarray, matrix: np.ndarray, side: int, user_mask: np.ndarray | None):
+    """(crop, its landmarks, the user's mask on it or None) of one face through a photo-to-crop matrix."""
+    crop = cv2.warpAffine(photo.rgb, matrix, (side, side), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101)
+    given = None
+    if user_mask is not None:
+        given = np.where(cv2.warpAffine(user_mask, matrix, (side, side), flags=cv2.INTER_LINEAR) > 127, 255,
+                         0).astype(np.uint8)
+    return crop, transform_points(lm_photo, matrix), given
+
+
+EDGE = 0.06              # share of the crop side: a mask found this near its bottom or sides may run out
+
+
+def _runs_out(found: np.ndarray | None) -> bool:
+    """Does the mask come near the crop's bottom or sides (where it would be cut off)?"""
+    rows = max(2, int(EDGE * found.shape[0])) if found is not None else 0
+    return found is not None and bool(found[-rows:].any() or found[:, :rows].any() or found[:, -rows:].any())
+
+
+def prepare_face(crop: np.ndarray, landmarks: np.ndarray, given: np.ndarray | None,
+                 reference: tuple[np.ndarray, np.ndarray] | None, timings: dict | None = None,
+                 assume_masked: bool = False, presence: float | None = None,
+                 side: int | None = None) -> tuple[FaceJob | None, float]:
     """One aligned face (crop, FaceMesh landmarks with depth): is there a mask, where, and the
     reference warped onto the face's predicted landmarks (`tasks.reference.warp_onto_face`, as in
     preprocessing). Returns (the job, or None when the face wears no mask; the presence score).
 
     reference: (crop, landmarks) or None; given: the user's mask on this crop (0/255), which
-    replaces both the presence decision and the segmentation (an empty one: no mask here)."""
-    from tasks.presence import has_mask
-    from tasks.segment import mask_probability, segment_mask
-
+    replaces both the presence decision and the segmentation (an empty one: no mask here);
+    presence: the decision's score when it was already made (a second, wider crop of the face);
+    side: the face's square side in this crop's pixels (what hole growth is measured against)."""
     timings = {} if timings is None else timings
     s = time.perf_counter()
     prob = mask_probability(crop, landmarks[:, :2])  # the learned segmenter's map, used by both
-    masked, score = has_mask(crop, landmarks[:, :2], prob)
+    if presence is None:
+        masked, score = has_mask(crop, landmarks[:, :2], prob)
+    else:
+        masked, score = True, presence
     if given is not None:
         found = given
     elif masked or assume_masked:
@@ -225,7 +258,8 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.nd
     s = lap(timings, "segment", s)
     if found is None or not found.any():
         return None, score
-    hole = grow_hole(found)
+    side = side or crop.shape[0]
+    hole = grow_hole(found, side)
     if reference is not None:
         warped = warp_onto_face(reference[0], reference[1], crop, landmarks, found, hole, "real")
         raw, matched, valid, lm = warped.raw, warped.matched, warped.valid, warped.landmarks
@@ -234,11 +268,13 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, reference: tuple[np.nd
         valid = np.zeros(crop.shape[:2], np.uint8)
         lm = predict_landmarks(landmarks, found, None)
     lap(timings, "warp", s)
-    return FaceJob(crop, lm, np.eye(2, 3, dtype=np.float32), hole, matched, valid, raw, found=found), score
+    return FaceJob(crop, lm, np.eye(2, 3, dtype=np.float32), hole, matched, valid, raw, found=found,
+                   side=side), score
 
 
-def grow_hole(found: np.ndarray) -> np.ndarray:
-    k = max(3, int(HOLE_GROW_FRAC * found.shape[0]) | 1)
+def grow_hole(found: np.ndarray, side: int | None = None) -> np.ndarray:
+    """The found mask grown by HOLE_GROW_FRAC of the face's square side (the crop's by default)."""
+    k = max(3, int(HOLE_GROW_FRAC * (side or found.shape[0])) | 1)
     return cv2.dilate(found, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
 
 
@@ -266,7 +302,7 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
         roi = inv.copy()
         roi[:, 2] -= (x0, y0)
         rw, rh = x1 - x0, y1 - y0
-        weight = cv2.warpAffine(feather(j.hole), roi, (rw, rh), flags=cv2.INTER_LINEAR)
+        weight = cv2.warpAffine(feather(j.hole, j.side or None), roi, (rw, rh), flags=cv2.INTER_LINEAR)
         ys, xs = np.nonzero(weight.max(axis=1) > 0)[0], np.nonzero(weight.max(axis=0) > 0)[0]
         if not len(ys):
             continue
@@ -280,10 +316,10 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
     return native, found
 
 
-def feather(hole: np.ndarray) -> np.ndarray:
-    """Blend weight at crop resolution: 1 on the hole, falling off over FEATHER_FRAC of the crop
-    outside it, exactly 0 beyond."""
-    k = max(3, int(FEATHER_FRAC * hole.shape[0]) | 1)
+def feather(hole: np.ndarray, side: int | None = None) -> np.ndarray:
+    """Blend weight at crop resolution: 1 on the hole, falling off over FEATHER_FRAC of the face's
+    square side (the crop's by default) outside it, exactly 0 beyond."""
+    k = max(3, int(FEATHER_FRAC * (side or hole.shape[0])) | 1)
     grown = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
     weight = cv2.GaussianBlur(grown.astype(np.float32), (k, k), 0) * grown
     return np.maximum(weight, (hole > 127).astype(np.float32))

@@ -144,7 +144,7 @@ def test_training_row_and_inference_get_the_same_warped_reference(tmp_path):
         again = detect_faces(masked, depth=True)[0]
         assert np.array_equal(again, lm_masked)  # what inference detects on this face
         reference = reference_face((tmp_path / "in" / refs[source]).read_bytes(), 256)
-        job, score = prepare_face(masked, again, reference)
+        job, score = prepare_face(masked, again, None, reference)
         assert score > 0.5
         assert job is not None, "the rendered mask must be found"
         assert np.array_equal(job.found, decode("mask_found"))
@@ -159,7 +159,7 @@ def test_training_row_and_inference_get_the_same_warped_reference(tmp_path):
 def test_old_shards_are_refused_in_one_line(tmp_path):
     import pyarrow as pa
 
-    from model.data import DataError, list_pieces
+    from tasks.dataset import DataError, list_pieces
 
     (tmp_path / "shards").mkdir()
     table = pa.table({"id": ["a"]}).replace_schema_metadata({b"unmask.schema_version": b"1"})
