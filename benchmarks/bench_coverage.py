@@ -119,23 +119,17 @@ def run_case(rgb: np.ndarray, truth: np.ndarray, name: str, kind: str, keep: boo
 # --- cases -------------------------------------------------------------------------------------------
 
 def render_on_photo(photo: np.ndarray, landmarks: np.ndarray, kind: str, rng: np.random.Generator, templates):
-    """A mask drawn on the photo's aligned crop and warped back (as tasks.fixtures.mask_photo):
+    """A mask drawn on the photo's aligned crop and warped back (tasks.fixtures.mask_photo):
     kind "procedural" or a template's name. (masked photo, true mask 0/255)."""
-    from tasks.align import align_face
+    from tasks.fixtures import mask_photo
     from tasks.render import render_procedural, render_template
 
-    crop, lm, matrix = align_face(photo, landmarks, SIZE)
     if kind == "procedural":
-        masked, mask = render_procedural(crop, lm, rng)
+        draw = lambda crop, lm: render_procedural(crop, lm, rng)  # noqa: E731
     else:
-        masked, mask = render_template(crop, lm, next(t for t in templates if t.name == kind), rng)
-    h, w = photo.shape[:2]
-    inv = cv2.invertAffineTransform(matrix)
-    back = cv2.warpAffine(masked, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    hole = cv2.warpAffine(mask, inv, (w, h), flags=cv2.INTER_LINEAR) > 127
-    out = photo.copy()
-    out[hole] = back[hole]
-    return out, hole.astype(np.uint8) * 255
+        template = next(t for t in templates if t.name == kind)
+        draw = lambda crop, lm: render_template(crop, lm, template, rng)  # noqa: E731
+    return mask_photo(photo, rng, landmarks=landmarks, size=SIZE, draw=draw)
 
 
 def bulk_faces(data: Path, n: int, offset: int = 0) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks.report import write_section
 from tasks.align import align_face
 from tasks.colour import match_colour
-from tasks.evaluate import _identity_candidates, _load, frame
+from tasks.cases import _identity_candidates, _load, frame
 from tasks.geometry import DEFAULT_FIT, FITS, _weak_perspective, inter_ocular, predict_landmarks
 from tasks.landmarks import detect_faces
 from tasks.reference import relight, repose

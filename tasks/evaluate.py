@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 from tasks.bench_report import write_section
-from tasks.cases import _identity_candidates, _load, frame  # noqa: F401 - benchmarks/bench_geometry.py imports them from here
 from tasks.folder import FolderOptions, partition, plan, process_items, write_manifest
 from tasks.registry import DATA_LICENCE, ModelNotFound, ModelRef, log_run, resolve_model, tracking_uri
 from tasks.scoring import METRICS, score_method, summarise

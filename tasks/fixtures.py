@@ -64,17 +64,22 @@ def _write_image(path: Path, rgb: np.ndarray) -> None:
     write_file_atomic(path, buf.tobytes())
 
 
-def mask_photo(photo: np.ndarray, rng: np.random.Generator, templates=None, size: int = 256):
+def mask_photo(photo: np.ndarray, rng: np.random.Generator, templates=None, size: int = 256,
+               landmarks: np.ndarray | None = None, draw=None):
     """A whole photo with a rendered mask on its largest face, and the mask at photo size (0/255).
 
     The mask is drawn on the aligned crop and warped back, so the photo keeps its own size and
     framing: a test case with ground truth for the full-resolution pipeline. None without a face.
+    landmarks: the face's, when already found; draw(crop, crop_landmarks) -> (masked, mask): a
+    given kind of mask (default: tasks.render.render_mask's random pick).
     """
-    faces = detect_faces(photo)
-    if not faces:
-        return None
-    crop, lm, matrix = align_face(photo, faces[0], size)
-    masked, mask = render_mask(crop, lm, rng, templates)
+    if landmarks is None:
+        faces = detect_faces(photo)
+        if not faces:
+            return None
+        landmarks = faces[0]
+    crop, lm, matrix = align_face(photo, landmarks, size)
+    masked, mask = draw(crop, lm) if draw is not None else render_mask(crop, lm, rng, templates)
     h, w = photo.shape[:2]
     inv = cv2.invertAffineTransform(matrix)
     back = cv2.warpAffine(masked, inv, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
