@@ -29,15 +29,13 @@ import numpy as np
 
 from benchmarks.report import write_section
 from tasks.align import align_face
-from tasks.colour import match_colour
 from tasks.cases import _identity_candidates, _load, frame
 from tasks.geometry import DEFAULT_FIT, FITS, _weak_perspective, inter_ocular, predict_landmarks
 from tasks.landmarks import detect_faces
-from tasks.reference import relight, repose
+from tasks.reference import relight, repose, warp_onto_landmarks
 from tasks.render import load_templates, render_mask
 from tasks.segment import segment_mask
 from tasks.unmask import FaceJob, fill_paste
-from tasks.warp import warp_reference
 
 SIZE = 256
 ROWS = (*FITS, "prior", "prior-jaw", "truth")
@@ -66,9 +64,8 @@ def _psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
 def paste(masked: np.ndarray, hole: np.ndarray, ref: np.ndarray, ref_lm: np.ndarray, lm: np.ndarray) -> np.ndarray:
     """The colour-matched paste of `unmask folder --method paste` (the same fill), with the
     reference warped onto the given landmarks."""
-    raw, valid = warp_reference(ref, ref_lm, lm, masked.shape[:2])
-    matched = match_colour(raw, masked, lm[:, :2], hole, valid)
-    job = FaceJob(masked, lm, np.eye(2, 3, dtype=np.float32), hole, matched, valid, raw)
+    w = warp_onto_landmarks(ref, ref_lm, masked, lm, hole, "bench")
+    job = FaceJob(masked, lm, np.eye(2, 3, dtype=np.float32), hole, w.matched, w.valid, w.raw)
     fill_paste([job])
     return job.result
 

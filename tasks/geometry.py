@@ -220,6 +220,12 @@ def _jaw_to_mask(points: np.ndarray, seen: np.ndarray, mask: np.ndarray) -> np.n
     return out
 
 
+def _with_depth(points: np.ndarray) -> np.ndarray:
+    """(N, 3) float64: landmarks given without depth get a flat one."""
+    p = np.asarray(points, np.float64)
+    return p if p.shape[1] > 2 else np.hstack([p, np.zeros((len(p), 1))])
+
+
 # --- the one entry point ---------------------------------------------------------------------------
 
 def predict_landmarks(target: np.ndarray, mask: np.ndarray | None, reference: np.ndarray | None = None,
@@ -236,23 +242,18 @@ def predict_landmarks(target: np.ndarray, mask: np.ndarray | None, reference: np
     seen = visible_points(target, mask)
     if seen.all() or seen.sum() < 20:  # nothing hidden, or too little seen to fit anything on
         return target.copy()
-    if reference is not None and fit.removesuffix("-jaw") == "robust-prior":
-        target3 = target if target.shape[1] > 2 else np.hstack([target, np.zeros((len(target), 1))])
-        ref = np.asarray(reference, np.float64)
-        placed = _place(ref if ref.shape[1] > 2 else np.hstack([ref, np.zeros((len(ref), 1))]), target3, seen, "robust")
+    base = fit.removesuffix("-jaw")
+    target3, ref = _with_depth(target), None if reference is None else _with_depth(reference)
+    if ref is None:
+        placed = _fit_prior(target, seen)
+    elif base == "modes":
+        placed = _fit_prior(target, seen, ref)
+    elif base == "robust-prior":
+        placed = _place(ref, target3, seen, "robust")
         if _misfit(placed, target, seen) > MAX_REFERENCE_MISFIT:
             placed = _fit_prior(target, seen)
-    elif reference is None:
-        placed = _fit_prior(target, seen)
-    elif fit.removesuffix("-jaw") == "modes":
-        ref = np.asarray(reference, np.float64)
-        placed = _fit_prior(target, seen, ref if ref.shape[1] > 2 else np.hstack([ref, np.zeros((len(ref), 1))]))
     else:
-        ref = np.asarray(reference, np.float64)
-        if ref.shape[1] == 2:
-            ref = np.hstack([ref, np.zeros((len(ref), 1))])
-        placed = _place(ref, target if target.shape[1] > 2 else np.hstack([target, np.zeros((len(target), 1))]),
-                        seen, fit.removesuffix("-jaw"))
+        placed = _place(ref, target3, seen, base)
     out = target.copy()
     out[~seen, :2] = placed[~seen, :2]
     if out.shape[1] > 2:

@@ -89,10 +89,16 @@ def warp_onto_face(ref_image: np.ndarray, ref_lm: np.ndarray, crop: np.ndarray, 
     found: the mask as found on the face (decides which landmarks are hidden; None: all seen);
     hole: what will be filled (the colour match leaves it out).
     """
-    predicted = predict_landmarks(landmarks, found, ref_lm)
-    raw, valid = warp_reference(ref_image, ref_lm, predicted, crop.shape[:2])
-    matched = match_colour(raw, crop, predicted[:, :2], hole, valid)
-    return WarpedReference(raw, matched, valid, kind, predicted)
+    return warp_onto_landmarks(ref_image, ref_lm, crop, predict_landmarks(landmarks, found, ref_lm), hole, kind)
+
+
+def warp_onto_landmarks(ref_image: np.ndarray, ref_lm: np.ndarray, crop: np.ndarray, landmarks: np.ndarray,
+                        hole: np.ndarray, kind: str) -> WarpedReference:
+    """The reference warped onto landmarks already placed, its colour matched on the skin ring
+    around the hole (the second half of `warp_onto_face`; bench-geometry gives each fit's here)."""
+    raw, valid = warp_reference(ref_image, ref_lm, landmarks, crop.shape[:2])
+    matched = match_colour(raw, crop, landmarks[:, :2], hole, valid)
+    return WarpedReference(raw, matched, valid, kind, landmarks)
 
 
 def synthetic_reference(face, landmarks, hole, rng, found=None) -> WarpedReference:

@@ -199,7 +199,7 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
             # mask can run out of it under the chin or at the sides. The same face again in a wider
             # crop (same scale, extended down and sideways), the decision already made.
             side = int(np.ceil(size * WIDEN / 32) * 32)
-            matrix = widen_matrix(align_matrix(lm_photo, size), size, side / size)
+            matrix = widen_matrix(matrix, size, side / size)
             job, _ = prepare_face(*_crop(photo, lm_photo, matrix, side, user_mask), ref, timings, presence=score,
                                   side=size)
         s = time.perf_counter()
