@@ -43,7 +43,8 @@ def test_folder_and_evaluate_arguments_are_checked(tmp_path):
                        ((tmp_path / "in", "--reference", tmp_path / "gone.png"), "does not exist"),
                        ((tmp_path / "in", "--reference", tmp_path / "ref.png", "--pairs", tmp_path / "pairs.csv"),
                         "not both"),
-                       ((tmp_path / "in", "--method", "magic"), "use one of")):
+                       ((tmp_path / "in", "--method", "magic"), "use one of"),
+                       ((tmp_path / "in", "--masks", tmp_path / "no-masks"), "masks folder")):
         out = run("folder", str(args[0]), str(tmp_path / "out"), *map(str, args[1:]))
         assert out.returncode == 1 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert not (tmp_path / "out").exists()
