@@ -161,7 +161,19 @@ def fill_generator(jobs: list[FaceJob], generator, device, batch_size: int = 16)
             out = run_generator(generator, device, np.stack([j.crop for j in part]), np.stack([j.hole for j in part]),
                                 np.stack([j.reference for j in part]), np.stack([j.valid for j in part]))
             for j, r in zip(part, out):
-                j.result = r
+                j.result = _uncovered_from_around(r, j)
+
+
+def _uncovered_from_around(result: np.ndarray, job: FaceJob) -> np.ndarray:
+    """The generator's fill, with the hole's pixels the reference does not cover (outside the
+    reference's own face: the jaw line's outside, under the chin) inpainted from the rest of the
+    fill. A barely trained generator paints those flat grey (seen as a grey ring in the demo once
+    the reference was trusted only on its face oval); a generator trained to fill them (issue 13)
+    should make this unnecessary. Without any reference the generator's fill is kept as it is."""
+    rest = ((job.hole > 0) & (job.valid == 0)).astype(np.uint8) * 255
+    if not job.valid.any() or not rest.any():
+        return result
+    return cv2.inpaint(result, rest, 5, cv2.INPAINT_TELEA)
 
 
 # --- one photo -------------------------------------------------------------------------------------

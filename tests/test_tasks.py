@@ -160,3 +160,23 @@ def test_kmeans_segmentation_beats_nothing_on_hand_labels():
         faces = detect_faces(img)
         scores.append(iou(segment_kmeans(img, faces[0]), label == 2) if faces else 0.0)
     assert np.mean(scores) > 0.6, scores
+
+
+def test_generator_fill_is_never_a_flat_block_where_the_reference_does_not_reach(astronaut_face):
+    """Hole pixels outside the reference's face get the fill around them, not the flat grey a barely
+    trained generator paints there; without any reference the generator's fill stays as it is."""
+    from tasks.unmask import FaceJob, _uncovered_from_around
+
+    face, lm, _ = astronaut_face
+    hole = mask_region(lm, face.shape)
+    valid = face_region(lm, face.shape)
+    uncovered = (hole > 0) & (valid == 0)
+    assert uncovered.sum() > 100
+    flat = face.copy()
+    flat[uncovered] = 128  # what the generator painted there
+    job = FaceJob(face, lm, np.eye(2, 3, dtype=np.float32), hole, face, valid)
+    out = _uncovered_from_around(flat, job)
+    assert np.array_equal(out[~uncovered], flat[~uncovered])
+    assert psnr(out, face, uncovered) > psnr(flat, face, uncovered) + 3
+    alone = FaceJob(face, lm, np.eye(2, 3, dtype=np.float32), hole, face, np.zeros_like(valid))
+    assert np.array_equal(_uncovered_from_around(flat, alone), flat)
