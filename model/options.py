@@ -4,12 +4,21 @@ builds its options from these without loading the model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 
 def _cli(help: str, default=None):
     """An option of both training command lines (the help text is theirs)."""
     return field(default=default, metadata={"help": help})
+
+
+# What each generator trains with unless told otherwise. The small one is a residual over the paste
+# that learns quickly at a higher rate; its GAN loss is kept small beside the L1 (it sharpens, the
+# L1 places); the full one is DeepFill v2's recipe.
+PRESETS = {
+    "small": {"channels": 20, "lr_g": 3e-4, "lr_d": 3e-4, "adv_weight": 0.02, "disc_channels": 32},
+    "full": {"channels": 32, "lr_g": 1e-4, "lr_d": 1e-4, "adv_weight": 0.1, "disc_channels": 64},
+}
 
 
 @dataclass
@@ -25,15 +34,21 @@ class TrainOptions:
     run_dir: str | None = _cli("Checkpoints folder (default $UNMASK_HOME/runs/<time>).")
     resume: bool = _cli("Continue from the last checkpoint in --run-dir.", False)
     register_as: str = _cli("Registered model name in MLflow.", "unmask")
-    channels: int = _cli("Generator width (channels of its first layer).", 32)
+    generator: str = _cli("small (0.7 M parameters, a residual over the paste: for CPUs) or full "
+                          "(DeepFill-v2 sized, 7 M: for GPUs).", "small")
+    channels: int | None = _cli("Generator width (channels of its first layer; default: the generator's).")
+    init: str | None = _cli("Start from these weights: `shipped` (the model in the package) or a "
+                            "generator .safetensors file.")
     val_cases: int = _cli("Validation cases scored at every validation.", 64)
     workers: int = _cli("DataLoader worker processes per training process.", 2)
-    lr_g: float = 1e-4
-    lr_d: float = 1e-4
+    lr_g: float | None = None       # default: the generator's preset
+    lr_d: float | None = None
     betas: tuple[float, float] = (0.5, 0.999)
-    adv_weight: float = 0.1
+    adv_weight: float | None = None
+    disc_channels: int | None = None
     ema_decay: float = 0.999
-    drop_reference: float = 0.3
+    drop_reference: float = 0.0     # rows given no reference at all
+    generic_reference: float = 0.3  # rows given the generic (average-face) reference instead of theirs
     checkpoint_every: int = 500
     val_every: int = 250
     seed: int = 0
@@ -44,10 +59,22 @@ class TrainOptions:
         """The fields both command lines offer, in order (`data` is the positional argument)."""
         return [f for f in fields(cls) if f.metadata.get("help")]
 
+    def resolved(self) -> "TrainOptions":
+        """These options with every unset one taken from the generator's preset."""
+        if self.generator not in PRESETS:
+            raise TrainError(f"--generator {self.generator!r}: use {' or '.join(PRESETS)}")
+        out = replace(self)
+        for name, value in PRESETS[self.generator].items():
+            if getattr(out, name) is None:
+                setattr(out, name, value)
+        return out
+
     def check(self) -> None:
         """What makes a run impossible before anything starts, as one TrainError."""
         if self.steps is None and self.minutes is None:
             raise TrainError("say how long to train: --steps N or --minutes M")
+        if self.generator not in PRESETS:
+            raise TrainError(f"--generator {self.generator!r}: use {' or '.join(PRESETS)}")
         if self.resume and not self.run_dir:
             raise TrainError("--resume needs --run-dir (the folder holding step-NNNNNNN checkpoints)")
 

@@ -26,7 +26,8 @@ from model.options import TrainError, TrainOptions
 from model.layers import count_parameters
 from model.losses import d_hinge, g_hinge, l1_hole_valid
 from model.metrics import score
-from model.networks import Discriminator, Generator
+from model import shipped
+from model.networks import Discriminator, build_generator
 
 log = logging.getLogger("unmask.train")
 
@@ -116,6 +117,7 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
     the validation scores. Returns {run_dir, step, last_checkpoint, val (the last scores), size,
     generator (the EMA generator)}."""
     opts.check()
+    opts = opts.resolved()
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     device = resolve_device(opts.device)
     if device.type == "cuda" and world > 1:
@@ -124,12 +126,14 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
     run_dir = Path(opts.run_dir)
     torch.manual_seed(opts.seed + rank)
 
-    generator, discriminator = Generator(opts.channels).to(device), Discriminator().to(device)
+    generator = build_generator(opts.generator, opts.channels)
+    if opts.init and not opts.resume:
+        initial_weights(generator, opts.init)
+    generator, discriminator = generator.to(device), Discriminator(opts.disc_channels).to(device)
     ema = copy.deepcopy(generator).eval().requires_grad_(False)
     if rank == 0:
-        log.info("generator %.2f M parameters (coarse %.2f M, refine %.2f M), discriminator %.2f M",
-                 count_parameters(generator) / 1e6, count_parameters(generator.coarse) / 1e6,
-                 count_parameters(generator.refine) / 1e6, count_parameters(discriminator) / 1e6)
+        log.info("%s generator %.2f M parameters, discriminator %.2f M", opts.generator,
+                 count_parameters(generator) / 1e6, count_parameters(discriminator) / 1e6)
         log.info("perceptual losses (VGG, LPIPS) and FID are off: no pretrained weights are available here")
     opt_g = torch.optim.Adam(generator.parameters(), lr=opts.lr_g, betas=opts.betas)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=opts.lr_d, betas=opts.betas)
@@ -174,8 +178,9 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
         opt_d.step()
         with autocast:
             adv = g_hinge(d_train(out.result, b["mask"]))
-            l1 = l1_hole_valid(out.coarse.float(), truth, b["mask"]) + l1_hole_valid(out.refined.float(), truth,
-                                                                                    b["mask"])
+            l1 = l1_hole_valid(out.refined.float(), truth, b["mask"])
+            if out.coarse.requires_grad:  # the full generator's coarse stage (the small one's is the paste)
+                l1 = l1 + l1_hole_valid(out.coarse.float(), truth, b["mask"])
             g_loss = l1 + opts.adv_weight * adv
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
@@ -200,5 +205,21 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
             generator.train()
     if rank == 0:
         (run_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
+        (run_dir / "validation.json").write_text(json.dumps({"step": step, "size": size, "scores": last_val,
+                                                             "cases": opts.val_cases}, indent=2))
     return {"run_dir": str(run_dir), "step": step, "last_checkpoint": str(last_ckpt) if last_ckpt else None,
-            "val": last_val, "size": size, "generator": ema}
+            "val": last_val, "size": size, "generator": ema, "options": opts}
+
+
+def initial_weights(generator: torch.nn.Module, init: str) -> None:
+    """Load `--init` weights (`shipped` or a safetensors file) into a fresh generator."""
+    from safetensors.torch import load_model
+
+    path = shipped.WEIGHTS if init == "shipped" else Path(init)
+    if not path.is_file():
+        raise TrainError(f"--init {init}: {path} does not exist")
+    try:
+        load_model(generator, str(path), strict=True)
+    except Exception as exc:  # noqa: BLE001 - another generator's or damaged weights
+        raise TrainError(f"--init {init}: these weights do not fit the {type(generator).__name__} asked for "
+                         f"({type(exc).__name__}); check --generator and --channels") from None
