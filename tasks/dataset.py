@@ -19,7 +19,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tasks.images import decode_png
 from tasks.schema import SCHEMA_VERSION
 
-COLUMNS = ["id", "split", "image", "mask_rendered", "reference_warped", "reference_valid"]
+COLUMNS = ["id", "split", "image", "mask_rendered", "reference_warped", "reference_valid", "generic_warped",
+           "generic_valid"]
 
 
 class DataError(ValueError):
@@ -91,19 +92,28 @@ def decode_row(row: dict, size: int) -> dict[str, torch.Tensor]:
         "masked": torch.from_numpy(image * (1 - mask)),
         "reference": torch.from_numpy(_decode(row["reference_warped"], size)),
         "reference_valid": torch.from_numpy(_decode(row["reference_valid"], size, grey=True)),
+        "generic": torch.from_numpy(_decode(row["generic_warped"], size)),
+        "generic_valid": torch.from_numpy(_decode(row["generic_valid"], size, grey=True)),
     }
+
+
+def with_generic_reference(sample: dict) -> dict:
+    """The sample with the generic (average-face) reference in place of its own."""
+    return {**sample, "reference": sample["generic"], "reference_valid": sample["generic_valid"]}
 
 
 class ShardDataset(IterableDataset):
     """Rows of one split. Training: endless, row-group order reshuffled each epoch, a small
-    shuffle buffer, flips and reference drop-out. Validation: one ordered pass."""
+    shuffle buffer, flips, and a share of rows given the generic reference (or none) instead of theirs. Validation: one ordered pass."""
 
     def __init__(self, data_dir: str | Path, split: str, size: int, train: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64, drop_reference: float = 0.3):
+                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 64, drop_reference: float = 0.0,
+                 generic_reference: float = 0.0):
         self.pieces = list_pieces(data_dir, split)
         self.split, self.size, self.train, self.seed = split, size, train, seed
         self.rank, self.world_size = rank, world_size
         self.shuffle_buffer, self.drop_reference = shuffle_buffer, drop_reference
+        self.generic_reference = generic_reference
         if not train and not any(True for _ in self._rows(self.pieces[:], peek=True)):
             raise DataError(f"no `{split}` rows in {data_dir}: preprocess with --val-percent > 0")
 
@@ -153,7 +163,9 @@ class ShardDataset(IterableDataset):
     def _augment(self, sample: dict, rng: random.Random) -> dict:
         if rng.random() < 0.5:  # flip face and reference together
             sample = {k: v.flip(-1) for k, v in sample.items()}
-        if rng.random() < self.drop_reference:  # the same model must also work without a reference
+        if rng.random() < self.generic_reference:  # photos without a second photo get the average face
+            sample = with_generic_reference(sample)
+        elif rng.random() < self.drop_reference:  # or nothing at all
             sample["reference"] = torch.zeros_like(sample["reference"])
             sample["reference_valid"] = torch.zeros_like(sample["reference_valid"])
         return sample

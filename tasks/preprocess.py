@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from tasks import storage
 from tasks.align import align_face
 from tasks.errors import Reject
+from tasks.generic import KIND, generic_reference
 from tasks.images import MAX_PIXELS, _to_rgb_array, encode_png, open_image, read_pairs
 from tasks.landmarks import detect_faces
 from tasks.outputs import item_id as image_id  # one id hash for shard rows and folder records
@@ -115,7 +116,10 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
             reference = None  # an unusable reference photo falls back to a synthetic one
     if reference is None:
         reference, kind = synthetic_reference_crop(face, lm, rng), "synthetic"
-    warped = warp_onto_face(reference[0], reference[1], masked, lm_masked, found, grow_hole(found), kind)
+    hole = grow_hole(found)
+    warped = warp_onto_face(reference[0], reference[1], masked, lm_masked, found, hole, kind)
+    average = generic_reference(opts.size)
+    generic = warp_onto_face(average[0], average[1], masked, lm_masked, found, hole, KIND)
     s = lap(clock, "warp", s)
     row = {
         "id": iid,
@@ -130,6 +134,8 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
         "mask_segmented": encode_png(segmented),
         "mask_found": encode_png(found),
         "reference_valid": encode_png(warped.valid),
+        "generic_warped": encode_png(generic.matched),
+        "generic_valid": encode_png(generic.valid),
         "landmarks": lm[:, :2].astype(np.float32).ravel().tolist(),
         "landmarks_masked": lm_masked.astype(np.float32).ravel().tolist(),
         "landmarks_predicted": warped.landmarks.astype(np.float32).ravel().tolist(),

@@ -1,17 +1,23 @@
 """The explicit Parquet schema of preprocessed shards (a contract: readers check the version).
 
-Version 2 (this one) adds what inference sees of each face, so training meets the same geometry:
+Version 3 (this one) adds `generic_warped` and `generic_valid`: the generic reference (the average
+face of `tasks.generic`) warped onto the same face the same way, colour-matched, and where it
+covers the face. Training gives it to a share of rows in place of their own reference, so one
+model serves photos with and without a second photo of the person (inference warps the same
+average face through the same function when a photo has no reference).
+
+Version 2 added what inference sees of each face, so training meets the same geometry:
 `landmarks_masked` (FaceMesh on the masked face, x, y, depth), `mask_found` (the default
 segmenter's mask there), `landmarks_predicted` (the landmarks the reference was warped onto:
 visible ones FaceMesh's, hidden ones from the fitted reference, `tasks.geometry`) and
 `reference_landmarks` (the reference's own, with depth, in the reference crop's pixels).
 `reference_warped*` and `reference_valid` are made from these by `tasks.reference.warp_onto_face`,
-the function `unmask folder` uses. Version 1 shards (warped onto the bare face's landmarks) are
-refused: preprocess again.
+the function `unmask folder` uses. Older shards (version 1: warped onto the bare face's landmarks;
+version 2: no generic reference) are refused: preprocess again.
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 N_LANDMARKS = 478
 
 SHARD_SCHEMA = pa.schema(
@@ -28,6 +34,8 @@ SHARD_SCHEMA = pa.schema(
         pa.field("mask_segmented", pa.binary(), nullable=False),
         pa.field("mask_found", pa.binary(), nullable=False),
         pa.field("reference_valid", pa.binary(), nullable=False),
+        pa.field("generic_warped", pa.binary(), nullable=False),
+        pa.field("generic_valid", pa.binary(), nullable=False),
         pa.field("landmarks", pa.list_(pa.float32(), 2 * N_LANDMARKS), nullable=False),
         pa.field("landmarks_masked", pa.list_(pa.float32(), 3 * N_LANDMARKS), nullable=False),
         pa.field("landmarks_predicted", pa.list_(pa.float32(), 3 * N_LANDMARKS), nullable=False),

@@ -22,7 +22,7 @@ from model.metrics import score
 from model.train import TrainOptions, fit, resolve_device, samples_grid, score_generator, stack
 from tasks import registry
 from tasks.baselines import BASELINES
-from tasks.dataset import ShardDataset, list_pieces, shard_size, validation_cases
+from tasks.dataset import ShardDataset, list_pieces, shard_size, validation_cases, with_generic_reference
 from tasks.storage import unmask_home
 
 VALIDATION_BASELINES = ("telea", "paste")  # scored next to the model at every validation
@@ -59,12 +59,16 @@ def baseline_scores(cases: list[dict], methods=VALIDATION_BASELINES) -> dict[str
 
 
 def validator(cases: list[dict], device: torch.device, on_validation: Validation | None = None):
-    """The loop's validation callback: the EMA generator's scores and the baselines', and (for
-    on_validation) a grid of samples."""
-    baselines = baseline_scores(cases)
+    """The loop's validation callback: the EMA generator's scores and the baselines', with each
+    case's own reference and (`*-generic`) with the generic one, and (for on_validation) a grid
+    of samples."""
+    generic = [with_generic_reference(c) for c in cases]
+    baselines = {**baseline_scores(cases),
+                 **{k + "-generic": v for k, v in baseline_scores(generic, ("paste",)).items()}}
 
     def validate(step: int, generator: torch.nn.Module) -> dict:
-        values = {**score_generator(generator, cases, device), **baselines}
+        values = {**score_generator(generator, cases, device), **baselines,
+                  **{k + "-generic": v for k, v in score_generator(generator, generic, device).items()}}
         if on_validation:
             on_validation(step, values, samples_grid(generator, cases, device))
         return values
@@ -87,7 +91,7 @@ def train(opts: TrainOptions, on_validation: Validation | None = None,
 
     def batches():
         data = ShardDataset(opts.data, "train", size, train=True, seed=opts.seed, rank=rank, world_size=world,
-                            drop_reference=opts.drop_reference)
+                            drop_reference=opts.drop_reference, generic_reference=opts.generic_reference)
         return DataLoader(data, batch_size=opts.batch_size, num_workers=opts.workers,
                           persistent_workers=opts.workers > 0, pin_memory=device.type == "cuda")
 
@@ -132,7 +136,9 @@ def train_and_register(opts: TrainOptions) -> dict:
         result = train(opts, on_validation=on_validation, on_metrics=on_metrics)
         if result["last_checkpoint"]:
             mlflow.log_artifacts(result["last_checkpoint"], "checkpoint")
-        model_uri = registry.log_generator(result["generator"].cpu(), opts.channels, result["size"], data_tags)
+        used = result["options"]  # with the generator's preset filled in
+        model_uri = registry.log_generator(result["generator"].cpu(), used.generator, used.channels, result["size"],
+                                           data_tags)
         cases = validation_cases(opts.data, result["size"], opts.val_cases)
         gate = registry.register_and_gate(model_uri, opts.register_as, result["val"]["psnr_hole/model"],
                                           result["val"]["psnr_hole/paste"], cases)
