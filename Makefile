@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install system-deps demo test bench bench-geometry bench-preprocess bench-segment bench-train bench-folder bench-evaluate lock clean
+.PHONY: install system-deps demo test model bench bench-geometry bench-preprocess bench-segment bench-train bench-folder bench-evaluate lock clean
 
 install: $(STAMP)
 
@@ -29,6 +29,18 @@ system-deps:
 test: install system-deps
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p randomly tests
+
+# The shipped model (model/weights/): training photos staged from $(SHARED) (none that evaluation
+# uses), preprocessed and trained through the project's own commands, then exported with its card.
+MODEL_WORK ?= out/model
+MODEL_STEPS ?= 1500
+model: install
+	$(BIN)/python -m flows.recipe stage --data $(SHARED) --out $(MODEL_WORK)/input
+	$(BIN)/unmask preprocess $(MODEL_WORK)/input $(MODEL_WORK)/shards --size 128 --val-percent 3 --shard-size 250 \
+	  --identities $(MODEL_WORK)/input/identities.csv --mask-templates $(SHARED)/mask-templates
+	$(BIN)/unmask train $(MODEL_WORK)/shards --generator small --steps $(MODEL_STEPS) --batch-size 16 \
+	  --val-cases 96 --run-dir $(MODEL_WORK)/run
+	$(BIN)/python -m flows.recipe export $(MODEL_WORK)/run --command "make model MODEL_STEPS=$(MODEL_STEPS)"
 
 bench: bench-geometry bench-segment bench-preprocess bench-train bench-folder bench-evaluate
 

@@ -6,7 +6,8 @@
 - `hole/<input, .png>`: the rendered mask, 0/255 at the input's size;
 - `cases.csv` (provenance: which photo each case came from) and `cases.json` (how they were built).
 
-`build_cases` makes such a folder from the shared data: a rendered mask (procedural or template,
+`build_cases` makes such a folder from the shared data (only photos and people that
+`tasks.holdout` keeps out of training, so the shipped model is scored on faces it never saw): a rendered mask (procedural or template,
 `tasks/render.py`) on a face from `identity-pairs/` with another photo of the same person as
 reference, and on a face from `faces-bulk/` with a synthetic reference (the same whole photo
 re-posed and re-lit, `tasks/reference.py`). Photos whose short side is under 256 px (all of
@@ -30,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from tasks.fixtures import mask_photo
+from tasks.holdout import held_out
 from tasks.landmarks import detect_faces
 from tasks.reference import relight, repose
 from tasks.render import load_templates
@@ -85,7 +87,7 @@ def _identity_candidates(data: Path, rng: np.random.Generator):
     with open(root / "identities.csv", newline="", encoding="utf-8-sig") as f:
         for r in csv.DictReader(f):
             by_person.setdefault(r["identity"], []).append(r["path"])
-    people = [p for p in sorted(by_person) if len(by_person[p]) >= 2]
+    people = [p for p in sorted(by_person) if len(by_person[p]) >= 2 and held_out(p)]
     order = [people[i] for i in rng.permutation(len(people))]
     shuffled = {p: [sorted(by_person[p])[i] for i in rng.permutation(len(by_person[p]))] for p in order}
     for k in range(max((len(v) for v in shuffled.values()), default=0)):
@@ -160,7 +162,8 @@ def build_cases(data: str | Path, cases_dir: str | Path, count: int = 100, seed:
         made_here += 1
 
     # faces-bulk: one photo per person, so a synthetic reference (the same photo re-posed and re-lit)
-    bulk = sorted(p.name for p in (data / "faces-bulk").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    bulk = sorted(p.name for p in (data / "faces-bulk").iterdir()
+                  if p.suffix.lower() in (".jpg", ".jpeg", ".png") and held_out(p.name))
     made_here = 0
     for i in rng.permutation(len(bulk)):
         if made_here >= count:
