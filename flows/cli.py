@@ -240,6 +240,13 @@ def folder(
                      str(masks) if masks else None)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"{exc} (see `unmask folder --help`)")
+    if method == "gan" and not dry_run:  # no model: one line before anything starts
+        from tasks.registry import ModelNotFound, resolve_model, tracking_uri
+
+        try:
+            resolve_model(model, tracking_uri())
+        except ModelNotFound as exc:
+            _fail(str(exc))
     with _fatal_errors():
         items = plan(str(input_dir), str(output_dir), str(reference) if reference else None,
                      str(pairs) if pairs else None)
@@ -255,6 +262,10 @@ def folder(
                 summary = unmask_folder(**params, workers=workers, dask_address=dask_address,
                                         shard_size=shard_size, max_pixels=max_pixels)
     stdout.print_json(json.dumps(summary))
+    if summary.get("model_uri"):
+        console.print(f"model {summary['model_uri']}" + (f" (version {summary['model_version']})"
+                                                         if summary.get("model_version") else "")
+                      + f"; {summary.get('model_notice') or ''}")
     console.print(f"results in [bold]{output_dir}/images[/], report: [bold]{output_dir / 'index.html'}[/]")
 
 

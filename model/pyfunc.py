@@ -19,11 +19,11 @@ class UnmaskModel(mlflow.pyfunc.PythonModel):
         import torch  # the model's code loads when MLflow loads the model, not when it logs it
         from safetensors.torch import load_model
 
-        from model.networks import Generator
+        from model.networks import build_generator
 
         with open(context.artifacts["config"]) as f:
             self.config = json.load(f)
-        self.generator = Generator(self.config["channels"]).eval()
+        self.generator = build_generator(self.config.get("generator", "full"), self.config["channels"]).eval()
         load_model(self.generator, context.artifacts["weights"])
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.generator.to(self.device)

@@ -41,6 +41,7 @@ class FolderOptions(BaseModel):
     model_uri: str | None = None       # pinned: models:/NAME/VERSION, runs:/..., or a folder
     model_asked: str | None = None
     model_version: str | None = None
+    model_notice: str | None = None    # the licence its training data pass on to what it makes
     tracking_uri: str | None = None
     size: int = 256
     overwrite: bool = False
@@ -52,6 +53,7 @@ class FolderOptions(BaseModel):
     def use_model(self, ref) -> None:
         """Pin the generator to a resolved model (a tasks.registry.ModelRef)."""
         self.model_uri, self.model_asked, self.model_version = ref.uri, ref.asked, ref.version
+        self.model_notice = ref.notice
         self.tracking_uri = ref.tracking_uri
 
 
@@ -258,7 +260,9 @@ def _load_method(opts: FolderOptions):
         from tasks.registry import load_generator  # mlflow and torch: only for the model
 
         generator, device, size = load_generator(opts.model_uri, opts.tracking_uri or "")
-        return (lambda jobs: unmask.fill_generator(jobs, generator, device)), size
+        # faces are analysed at opts.size and filled at their own resolution; the generator runs
+        # at the size it was trained at (`unmask.fill_generator`)
+        return (lambda jobs: unmask.fill_generator(jobs, generator, device, size)), opts.size
     if opts.method in baselines.BASELINES:
         return functools.partial(unmask.fill_baseline, method=opts.method), opts.size
     raise ValueError(f"unknown method {opts.method!r}: use one of {METHODS + BASELINES}")
@@ -350,6 +354,8 @@ def _finish(item: dict, row: dict, images, photo, opts: FolderOptions, spent: fl
         if opts.method == "gan":
             text["unmask:model"] = f"{opts.model_asked} -> {opts.model_uri}" + (
                 f" (version {opts.model_version})" if opts.model_version else "")
+            if opts.model_notice:
+                text["unmask:licence"] = opts.model_notice
         out = storage.join(base, "images", item["output"])
         mask = storage.join(base, "masks", item["output"])
         for path in (out, mask):
@@ -412,6 +418,7 @@ def summarise(rows: list[dict], seconds: float, opts: FolderOptions, duplicates:
         "model": opts.model_asked if opts.method == "gan" else None,
         "model_uri": opts.model_uri if opts.method == "gan" else None,
         "model_version": opts.model_version if opts.method == "gan" else None,
+        "model_notice": opts.model_notice if opts.method == "gan" else None,
     }
 
 

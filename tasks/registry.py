@@ -113,7 +113,7 @@ def example_input(size: int) -> dict[str, np.ndarray]:
             "reference_valid": np.ones_like(mask)}
 
 
-def log_generator(generator, channels: int, size: int, data_tags: dict) -> str:
+def log_generator(generator, kind: str, channels: int, size: int, data_tags: dict) -> str:
     """Log the EMA generator as a pyfunc (models-from-code); returns the model URI."""
     import mlflow  # mlflow: seconds to import
     from mlflow.models import infer_signature
@@ -125,7 +125,7 @@ def log_generator(generator, channels: int, size: int, data_tags: dict) -> str:
         weights = Path(tmp) / "generator.safetensors"
         save_model(generator, str(weights))
         config = Path(tmp) / "config.json"
-        config.write_text(json.dumps({"channels": channels, "size": size}))
+        config.write_text(json.dumps({"generator": kind, "channels": channels, "size": size}))
         example = example_input(size)
         output = np.zeros((1, 3, size, size), np.float32)
         info = mlflow.pyfunc.log_model(
@@ -160,9 +160,29 @@ def score_model(model_uri: str, cases: list[dict]) -> float:
     return total / max(n, 1)
 
 
+def score_shipped(cases: list[dict]) -> float | None:
+    """Hole PSNR of the shipped model on the validation cases, or None when none is installed."""
+    import torch
+
+    from model import shipped
+    from model.metrics import score
+
+    if not shipped.available():
+        return None
+    generator, _ = shipped.load("cpu")
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(cases), 8):
+            batch = {k: torch.stack([c[k] for c in cases[i:i + 8]]) for k in cases[0]}
+            out = generator(batch["masked"], batch["mask"], batch["reference"], batch["reference_valid"])
+            total += float(score((out.result.float() + 1) / 2, batch["image"], batch["mask"])["psnr_hole"].sum())
+    return total / max(len(cases), 1)
+
+
 def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: float, cases: list[dict]) -> dict:
-    """Register as `challenger`; promote to `champion` only when it beats both the current
-    champion (re-scored on the same cases) and the paste baseline by more than the margin."""
+    """Register as `challenger`; promote to `champion` only when it beats the current champion
+    (or, with no champion yet, the shipped model) re-scored on the same cases, and the paste
+    baseline, by more than the margin."""
     import mlflow  # mlflow: seconds to import
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -172,7 +192,12 @@ def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: 
         champion = client.get_model_version_by_alias(name, "champion")
     except MlflowException:
         champion = None
-    champion_score = score_model(f"models:/{name}@champion", cases) if champion else float("-inf")
+    if champion:
+        champion_score, rival = score_model(f"models:/{name}@champion", cases), f"champion v{champion.version}"
+    else:
+        shipped_score = score_shipped(cases)
+        champion_score = float("-inf") if shipped_score is None else shipped_score
+        rival = "none" if shipped_score is None else "shipped"
     version = mlflow.register_model(model_uri, name)
     client.set_registered_model_alias(name, "challenger", version.version)
     promote = new_score > champion_score + GATE_MARGIN_DB and new_score > paste_score + GATE_MARGIN_DB
@@ -180,7 +205,8 @@ def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: 
     if promote:
         client.set_registered_model_alias(name, "champion", version.version)
     tags = {"gate.decision": decision, "gate.new": f"{new_score:.4f}",
-            "gate.champion": f"{champion_score:.4f}" if champion else "none",
+            "gate.rival": rival,
+            "gate.champion": f"{champion_score:.4f}" if champion_score > float("-inf") else "none",
             "gate.paste": f"{paste_score:.4f}", "training_data.licence": DATA_LICENCE}
     for k, v in tags.items():
         client.set_model_version_tag(name, version.version, k, v)
@@ -190,6 +216,9 @@ def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: 
 # --- models for inference ----------------------------------------------------------------------
 
 DEFAULT_MODEL = "models:/unmask@champion"
+SHIPPED = "shipped"
+NOTICE = ("Made by a model trained on research / non-commercial data (FFHQ, MaskedFace-Net: CC BY-NC-SA 4.0; "
+          "All-Age-Faces, RMFD/AFDB: research use). Not for commercial use; share-alike.")
 
 
 class ModelNotFound(RuntimeError):
@@ -198,28 +227,56 @@ class ModelNotFound(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    uri: str              # what workers load: models:/NAME/VERSION, runs:/..., or a local folder
+    uri: str              # what workers load: models:/NAME/VERSION, runs:/..., a local folder or shipped:...
     asked: str            # what the user asked for
     version: str | None   # registry version, when there is one
     tracking_uri: str
+    notice: str = NOTICE  # the one-line licence notice outputs carry
+
+
+def store_exists(tracking_uri: str) -> bool:
+    """Is there a registry to look in? A local store only once its database file exists (opening
+    MLflow costs 2-3 s, and a fresh install has none); a remote one whenever it is configured."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
+def shipped_ref(asked: str, tracking_uri: str) -> ModelRef:
+    """The model in the package (`model.shipped`), or ModelNotFound when it is missing."""
+    from model import shipped
+
+    if not shipped.available():
+        raise ModelNotFound(_how_to_get_one(asked, tracking_uri) + " (and no shipped model is installed)")
+    return ModelRef(shipped.URI, asked, None, tracking_uri, shipped.card().get("notice", NOTICE))
 
 
 def _how_to_get_one(asked: str, tracking_uri: str) -> str:
     return (f"no model found at {asked} (tracking URI {tracking_uri}). Train and register one with "
-            f"`unmask train DATA` (DATA from `unmask preprocess`), or run `make demo`; or pass --model "
-            f"models:/NAME@ALIAS, runs:/RUN_ID/model or a model folder; --method paste or telea need no model.")
+            f"`unmask train DATA` (DATA from `unmask preprocess`); or pass --model shipped (the model in the "
+            f"package), models:/NAME@ALIAS, runs:/RUN_ID/model or a model folder; --method paste or telea "
+            f"need no model.")
 
 
 def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
     """Pin a model URI to what it points at now, or raise ModelNotFound.
 
-    Takes models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> (a logged model), runs:/ID/PATH
-    or a local model folder."""
+    Takes models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-<id> (a logged model), runs:/ID/PATH,
+    a local model folder or `shipped` (the model in the package). Nothing asked: the registry's
+    champion when the registry exists and has one, else the shipped model."""
+    if asked in (SHIPPED, "shipped:unmask-small"):
+        return shipped_ref(asked, tracking_uri)
+    if asked is None:
+        if not store_exists(tracking_uri):
+            return shipped_ref(DEFAULT_MODEL, tracking_uri)
+        try:
+            return resolve_model(DEFAULT_MODEL, tracking_uri)
+        except ModelNotFound:
+            return shipped_ref(DEFAULT_MODEL, tracking_uri)
     import mlflow  # mlflow: seconds to import
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    asked = asked or DEFAULT_MODEL
     mlflow.set_tracking_uri(tracking_uri)
     if not asked.startswith(("models:/", "runs:/")) and ("://" not in asked or asked.startswith("file://")):
         folder = Path(asked.removeprefix("file://")).expanduser()
@@ -257,6 +314,14 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
 @functools.lru_cache(maxsize=2)
 def load_generator(uri: str, tracking_uri: str):
     """(generator in eval mode, torch device, crop size it was trained at): loaded once per process."""
+    if uri.startswith("shipped:"):  # no MLflow: the weights and their card
+        import torch
+
+        from model import shipped
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        generator, card = shipped.load(device)
+        return generator, torch.device(device), int(card["size"])
     import mlflow  # mlflow: seconds to import
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri

@@ -163,7 +163,8 @@ def _summary(summary: dict, input_dir: str, output_dir: str) -> str:
              ("already done", summary.get("skipped")), ("seconds", summary.get("seconds")),
              ("photos per second", summary.get("photos_per_second")), ("method", summary.get("method")),
              ("model asked", summary.get("model")), ("model URI", summary.get("model_uri")),
-             ("model version", summary.get("model_version")), ("input folder", input_dir),
+             ("model version", summary.get("model_version")), ("licence", summary.get("model_notice")),
+             ("input folder", input_dir),
              ("output folder", output_dir)]
     rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts if v not in (None, ""))
     return (f'<h2>Summary</h2><table class="counts"><tr><th>status</th><th>photos</th></tr>{cells}</table>'

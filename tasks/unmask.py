@@ -20,11 +20,13 @@ from PIL import Image, PngImagePlugin
 from tasks.align import align_matrix, transform_points, widen_matrix
 from tasks.baselines import BASELINES
 from tasks.errors import Reject
-from tasks.geometry import predict_landmarks
+from tasks.generic import KIND as GENERIC
+from tasks.generic import generic_reference
 from tasks.images import MAX_PIXELS, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
 from tasks.presence import has_mask
-from tasks.reference import reference_crop, warp_onto_face
+from tasks.regions import face_region
+from tasks.reference import reference_crop, warp_onto_face, warp_onto_landmarks
 from tasks.segment import mask_probability, segment_mask
 from tasks.timing import lap
 
@@ -103,6 +105,8 @@ class FaceJob:
     found: np.ndarray | None = None          # the mask as segmented (0/255), for masks/
     result: np.ndarray | None = None
     side: int = 0             # the face's square side in crop pixels (the crop's, unless widened)
+    kind: str = "real"        # the reference: "real" (a second photo) or "generic" (the average face)
+    grain: bool = False       # match the photo's grain on the fill (the generator's fills)
 
 
 @dataclass
@@ -146,34 +150,85 @@ def fill_paste(jobs: list[FaceJob], raw: bool = False) -> None:
     fill_baseline(jobs, "paste-raw" if raw else "paste")
 
 
-def fill_generator(jobs: list[FaceJob], generator, device, batch_size: int = 16) -> None:
+def fill_generator(jobs: list[FaceJob], generator, device, size: int, batch_size: int = 16) -> None:
+    """The generator on each face at its own size (`size`, what it was trained at), its result
+    brought back to the face's fill resolution by `compose`."""
     from model.inference import run_generator
 
-    # On a GPU faces go through in batches; on a CPU one at a time, which is faster per face
-    # (7 M parameters at 256 px, one thread: 1.18 s a face alone, 1.5-1.7 s a face in batches of 3-5).
+    # On a GPU faces go through in batches; on a CPU one at a time, which is faster per face.
     batch_size = batch_size if device.type == "cuda" else 1
-    by_size: dict[int, list[FaceJob]] = {}
-    for j in jobs:  # a widened crop is larger: batches hold crops of one size
-        by_size.setdefault(j.crop.shape[0], []).append(j)
-    for same in by_size.values():
-        for i in range(0, len(same), batch_size):
-            part = same[i:i + batch_size]
-            out = run_generator(generator, device, np.stack([j.crop for j in part]), np.stack([j.hole for j in part]),
-                                np.stack([j.reference for j in part]), np.stack([j.valid for j in part]))
-            for j, r in zip(part, out):
-                j.result = _uncovered_from_around(r, j)
+    small = [_at_model_size(j, size) for j in jobs]
+    for i in range(0, len(jobs), batch_size):
+        part = small[i:i + batch_size]
+        out = run_generator(generator, device, np.stack([p[0] for p in part]), np.stack([p[1] for p in part]),
+                            np.stack([p[2] for p in part]), np.stack([p[3] for p in part]))
+        for j, p, r in zip(jobs[i:i + batch_size], part, out):
+            j.result = compose(j, r, p[2])
 
 
-def _uncovered_from_around(result: np.ndarray, job: FaceJob) -> np.ndarray:
-    """The generator's fill, with the hole's pixels the reference does not cover (outside the
-    reference's own face: the jaw line's outside, under the chin) inpainted from the rest of the
-    fill. A barely trained generator paints those flat grey (seen as a grey ring in the demo once
-    the reference was trusted only on its face oval); a generator trained to fill them (issue 13)
-    should make this unnecessary. Without any reference the generator's fill is kept as it is."""
-    rest = ((job.hole > 0) & (job.valid == 0)).astype(np.uint8) * 255
-    if not job.valid.any() or not rest.any():
-        return result
-    return cv2.inpaint(result, rest, 5, cv2.INPAINT_TELEA)
+def _at_model_size(job: FaceJob, size: int):
+    """(crop, hole, reference, valid) of a job at the generator's size."""
+    if job.crop.shape[0] == size:
+        return job.crop, job.hole, job.reference, job.valid
+
+    def down(a, binary=False):
+        out = cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA)
+        return np.where(out > (0 if binary == "any" else 127), 255, 0).astype(np.uint8) if binary else out
+
+    return down(job.crop), down(job.hole, "any"), down(job.reference), down(job.valid, True)
+
+
+def compose(job: FaceJob, result: np.ndarray, reference_small: np.ndarray) -> np.ndarray:
+    """The generator's result (made at its own size) as the face's fill at the job's size: the
+    result upscaled, plus where the reference covers the face the reference's own detail (itself
+    less its downscaled-and-upscaled self). At the generator's size this is the result itself."""
+    side = job.crop.shape[0]
+    hole = job.hole > 0
+    if result.shape[0] == side:
+        out = result.copy()
+    else:
+        up = cv2.resize(result, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        ref = job.reference.astype(np.float32)
+        blurred = cv2.resize(reference_small, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+        k = max(3, int(0.02 * side) | 1)
+        weight = cv2.GaussianBlur((job.valid > 0).astype(np.float32), (k, k), 0)[..., None]
+        detail = (ref - blurred) * weight
+        out = job.crop.copy()
+        out[hole] = np.clip(up + detail + 0.5, 0, 255).astype(np.uint8)[hole]
+    job.grain = True  # paste_back matches the photo's grain on this fill
+    return out
+
+
+GRAIN_SIGMA = 0.8  # the grain's blur (pixels): fine, like a sensor's noise and skin's pores
+GRAIN_RING = 0.08  # the ring of skin it is matched on, as a share of the face's square side
+
+
+def match_grain(region: np.ndarray, weight: np.ndarray, face: np.ndarray, side: float) -> None:
+    """In place, on a photo region (HxWx3 uint8) just filled with `weight` (0..1): fine luminance
+    grain added to the fill where it is smoother than the skin around it (the Laplacian variance
+    of a ring of `face` pixels just outside it), by the difference. The photo has sensor noise and
+    pores at its own resolution; a fill that went through resampling (the reference's warp, the
+    generator's upscaling, the paste back) lost them and reads as a blurred patch; photo editors
+    match grain for the same reason. Done at the photo's pixels, after the last resampling, and
+    seeded by the fill, so a rerun writes the same pixels."""
+    inside = weight > 0.99
+    if inside.sum() < 50:
+        return
+    k = max(3, int(GRAIN_RING * side) | 1)
+    near = cv2.dilate((weight > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
+    ring = (cv2.dilate(inside.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0) \
+        & ~near & (face > 0)
+    if ring.sum() < 50:
+        return
+    grey = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    lap = cv2.Laplacian(grey, cv2.CV_32F)
+    deficit = float(lap[ring].var()) - float(lap[inside].var())
+    if deficit <= 0:
+        return
+    rng = np.random.default_rng(int(inside.sum()))
+    noise = cv2.GaussianBlur(rng.standard_normal(grey.shape).astype(np.float32), (0, 0), GRAIN_SIGMA)
+    noise *= np.sqrt(deficit / max(float(cv2.Laplacian(noise, cv2.CV_32F).var()), 1e-9)) * weight
+    region[...] = np.clip(region.astype(np.float32) + noise[..., None] + 0.5, 0, 255).astype(np.uint8)
 
 
 # --- one photo -------------------------------------------------------------------------------------
@@ -217,10 +272,46 @@ def prepare_faces(photo: Photo, size: int, reference: bytes | None, timings: dic
         s = time.perf_counter()
         if job is not None:
             job.matrix = matrix
-            jobs.append(job)
+            jobs.append(at_photo_resolution(photo, job, reference, timings))
     if not jobs:  # faces, but none wearing a mask: left alone
         res.status, res.reason = "no-mask", "no-mask"
     return jobs, res
+
+
+MAX_FILL_SIDE = 1024  # a face is filled at its own resolution up to a crop this large
+
+
+def at_photo_resolution(photo: Photo, job: FaceJob, reference: bytes | None, timings: dict | None = None) -> FaceJob:
+    """The face again at its resolution in the photo, for the fill: a face larger than its analysis
+    crop would otherwise come back as a blurred upscale of it. The decisions stay those taken on
+    the crop (mask found, hole, predicted landmarks); the crop, the reference warp and its colour
+    match are redone at the photo's scale, so the paste keeps the reference photo's own detail."""
+    size = job.crop.shape[0]
+    matrix = job.matrix.astype(np.float64)
+    native = size / np.sqrt(abs(np.linalg.det(matrix[:, :2])))  # the crop's side in photo pixels
+    side = min(int(np.ceil(native / 8)) * 8, MAX_FILL_SIDE)
+    if side <= size:
+        return job
+    s = time.perf_counter()
+    f = side / size
+    matrix = (matrix * f).astype(np.float32)
+    crop = cv2.warpAffine(photo.rgb, matrix, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+    def up(m):
+        return np.where(cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR) > 127, 255, 0).astype(np.uint8)
+
+    hole = up(job.hole)
+    lm = job.landmarks * np.float32(f)
+    if job.kind == GENERIC or reference is None:
+        ref = generic_reference(max(size, 256))
+    else:
+        ref = reference_face(reference, int(np.ceil(side / 64)) * 64) or generic_reference(256)
+    warped = warp_onto_landmarks(ref[0], ref[1], crop, lm, hole, job.kind)
+    if timings is not None:
+        lap(timings, "warp", s)
+    return FaceJob(crop, lm, matrix, hole, warped.matched, warped.valid, warped.raw,
+                   found=None if job.found is None else up(job.found), side=int(round((job.side or size) * f)),
+                   kind=job.kind)
 
 
 def _crop(photo: Photo, lm_photo: np.ndarray, matrix: np.ndarray, side: int, user_mask: np.ndarray | None):
@@ -272,16 +363,13 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, given: np.ndarray | No
         return None, score
     side = side or crop.shape[0]
     hole = grow_hole(found, side)
-    if reference is not None:
-        warped = warp_onto_face(reference[0], reference[1], crop, landmarks, found, hole, "real")
-        raw, matched, valid, lm = warped.raw, warped.matched, warped.valid, warped.landmarks
-    else:
-        raw = matched = np.zeros_like(crop)
-        valid = np.zeros(crop.shape[:2], np.uint8)
-        lm = predict_landmarks(landmarks, found, None)
+    kind = "real"
+    if reference is None:  # no second photo: the average face, warped and colour-matched the same way
+        reference, kind = generic_reference(crop.shape[0]), GENERIC
+    warped = warp_onto_face(reference[0], reference[1], crop, landmarks, found, hole, kind)
     lap(timings, "warp", s)
-    return FaceJob(crop, lm, np.eye(2, 3, dtype=np.float32), hole, matched, valid, raw, found=found,
-                   side=side), score
+    return FaceJob(crop, warped.landmarks, np.eye(2, 3, dtype=np.float32), hole, warped.matched, warped.valid,
+                   warped.raw, found=found, side=side, kind=kind), score
 
 
 def grow_hole(found: np.ndarray, side: int | None = None) -> np.ndarray:
@@ -320,7 +408,14 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
             continue
         box = slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1)
         rebuilt = cv2.warpAffine(j.result, roi, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        _blend(native[y0:y1, x0:x1][box], rebuilt[box], weight[box], photo.mode)
+        if j.grain and photo.mode in ("RGB", "RGBA"):
+            face = cv2.warpAffine(face_region(j.landmarks[:, :2], j.crop.shape[:2]), roi, (rw, rh),
+                                  flags=cv2.INTER_NEAREST)
+            _blend(native[y0:y1, x0:x1][box], rebuilt[box], weight[box], photo.mode)
+            match_grain(native[y0:y1, x0:x1][box][..., :3], weight[box], face[box],
+                        (j.side or size) / np.sqrt(abs(np.linalg.det(j.matrix[:, :2].astype(np.float64)))))
+        else:
+            _blend(native[y0:y1, x0:x1][box], rebuilt[box], weight[box], photo.mode)
         seg = j.hole if j.found is None else j.found
         found[y0:y1, x0:x1] |= np.where(cv2.warpAffine(seg, roi, (rw, rh), flags=cv2.INTER_LINEAR) > 127, 255, 0
                                         ).astype(np.uint8)
