@@ -22,10 +22,10 @@ import os
 import shutil
 from pathlib import Path
 
+from tasks import registry
 from tasks.holdout import held_out
 
-NOTICE = ("Made by a model trained on research / non-commercial data (FFHQ, MaskedFace-Net: CC BY-NC-SA 4.0; "
-          "All-Age-Faces, RMFD/AFDB: research use). Not for commercial use; share-alike.")
+NOTICE = registry.NOTICE
 DATA = {
     "faces-bulk": "All-Age-Faces dataset (research use): masked by rendering, synthetic references",
     "identity-pairs": "RMFD / AFDB subset (research use): real second photos of the same person as references",

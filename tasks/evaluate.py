@@ -17,12 +17,16 @@ from pathlib import Path
 from typing import Callable
 
 from tasks.bench_report import write_section
+from tasks.identity import available as identity_available
 from tasks.folder import FolderOptions, partition, plan, process_items, write_manifest
 from tasks.registry import DATA_LICENCE, ModelNotFound, ModelRef, log_run, resolve_model, tracking_uri
 from tasks.scoring import METRICS, score_method, summarise
 from tasks.tables import _json_safe, _write_scores, benchmark_section, markdown_table
 
-METHODS = ("gan", "paste", "paste-raw", "telea", "navier-stokes")
+METHODS = ("gan", "paste", "paste-raw", "telea", "navier-stokes", "gan-generic", "paste-generic")
+# `*-generic`: the method with the cases' references withheld, as for a photo without a second
+# photo of the person (the generic reference, `tasks.generic`, stands in); Telea is their baseline.
+NO_REFERENCE = "-generic"
 EXPERIMENT = "unmask-evaluate"
 SECTION = "evaluate"
 
@@ -44,7 +48,7 @@ def choose_methods(model: str | None, methods: list[str] | None = None) -> Model
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(METHODS)}")
     choice = ModelChoice(methods=[m for m in METHODS if m in wanted])
-    if "gan" not in wanted:
+    if not any(m.startswith("gan") for m in wanted):
         choice.note = "model not scored (not asked for)"
         return choice
     try:  # what flows.folder.resolve does for `unmask folder`, without importing Prefect
@@ -52,7 +56,7 @@ def choose_methods(model: str | None, methods: list[str] | None = None) -> Model
     except ModelNotFound as exc:
         if asked_for:
             raise
-        choice.methods.remove("gan")
+        choice.methods = [m for m in choice.methods if not m.startswith("gan")]
         choice.note = f"model not scored: {exc}"
         return choice
     return choice
@@ -62,10 +66,13 @@ def run_method(cases_dir: Path, output_dir: Path, method: str, choice: ModelChoi
                progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
     """One method over every case, as `unmask folder --pairs` does it; returns its manifest rows."""
     out = output_dir / method
-    opts = FolderOptions(input_dir=str(cases_dir), output_dir=str(out), method=method, overwrite=overwrite)
-    if method == "gan":
+    base = method.removesuffix(NO_REFERENCE)
+    opts = FolderOptions(input_dir=str(cases_dir), output_dir=str(out), method=base, overwrite=overwrite)
+    if base == "gan":
         opts.use_model(choice.ref)
     items = plan(str(cases_dir), str(out), pairs=str(cases_dir / "pairs.csv"))
+    if method.endswith(NO_REFERENCE):
+        items = [{**i, "reference": "", "reference_path": None} for i in items]
     rows, work = partition(items)
     step = max(opts.group, 1)
     for start in range(0, len(work), step):
@@ -117,7 +124,9 @@ def evaluate(cases_dir: str | Path, output_dir: str | Path, model: str | None = 
         cases=len(cases), sources={s: len({r["case"] for r in scores if r["source"] == s})
                                    for s in sorted({r["source"] for r in scores})},
         cases_dir=str(cases_dir), output_dir=str(output_dir), seconds=round(time.perf_counter() - start, 2),
-        model={"uri": ref.uri, "asked": ref.asked, "version": ref.version} if ref else None,
+        model={"uri": ref.uri, "asked": ref.asked, "version": ref.version, "notice": ref.notice} if ref else None,
+        identity_note="" if identity_available() else "same_person not measured: install the optional extra "
+                                                      "`unmask[identity]` (dlib-bin, face-recognition-models)",
         model_note=choice.note, metrics_note="hole = truth hole pixels; face = hole bbox grown 50% each way; "
                                              "RGB in [0,1]; unchanged cases scored as the masked input")
     if (cases_dir / "cases.json").is_file():

@@ -6,6 +6,8 @@
 - `*_face`: over the face crop = the bounding box of the truth hole grown by 50% of its width to
   each side and 50% of its height up and down, clipped to the photo less the grey frame of a
   framed case (the hole, the skin around it and, above the mask, the eyes);
+- `same_person`: the share of outputs that dlib's face-recognition network takes for the truth's
+  person (`tasks.identity`; NaN when that optional extra is not installed);
 - `mask_iou`: the mask each method found (`OUTPUT_DIR/<method>/masks/`) against the truth hole, at
   the photo's size; a case without a found mask counts 0.
 
@@ -13,13 +15,16 @@ Means are over cases (PSNR: the mean of per-case dB values, as in training).
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image
 
-METRICS = ("psnr_hole", "ssim_hole", "l1_hole", "psnr_face", "ssim_face", "l1_face")
+from tasks import identity
+
+METRICS = ("psnr_hole", "ssim_hole", "l1_hole", "psnr_face", "ssim_face", "l1_face", "same_person")
 FACE_GROW = 0.5           # face crop: the hole's bounding box grown by this share of its size each way
 
 
@@ -101,6 +106,8 @@ def score_method(cases_dir: Path, output_dir: Path, method: str, rows: list[dict
         found = _read_mask(found_path) if found_path.is_file() else None
         info = cases.get(rel, {})
         s = score_case(pred, truth, hole, int(info.get("pad") or 0))
+        s["same_person"] = identity.same_person(pred, _truth_identity(str(truth_path))) if identity.available() \
+            else math.nan
         scored.append({"case": rel, "source": info.get("source") or rel.split("/", 1)[0],
                        "reference": r.get("reference", ""), "method": method, "status": r["status"],
                        "reason": r.get("reason", ""), "scored_as": scored_as, **{k: s[k] for k in METRICS},
@@ -108,6 +115,12 @@ def score_method(cases_dir: Path, output_dir: Path, method: str, rows: list[dict
                        "hole_pixels": int(hole.sum()) if hole is not None else 0, "crop": s["crop"],
                        "detail": r.get("detail", "")})
     return scored
+
+
+@functools.lru_cache(maxsize=4096)
+def _truth_identity(path: str):
+    """The truth's face box and embedding, once per case for every method."""
+    return identity.truth_identity(_read_rgb(Path(path)))
 
 
 def _mean(values) -> float:

@@ -19,6 +19,8 @@ DESCRIPTIONS = {
     "paste-raw": "warped reference, raw",
     "telea": "cv2.inpaint Telea",
     "navier-stokes": "cv2.inpaint Navier-Stokes",
+    "gan-generic": "the model, references withheld: the generic face",
+    "paste-generic": "the generic face pasted, references withheld",
 }
 
 
@@ -30,21 +32,22 @@ def markdown_table(summary: dict) -> str:
     """The results as Markdown: all cases, then hole PSNR per source."""
     methods = list(summary["methods"])
     lines = ["| method | cases | PSNR hole (dB) | SSIM hole | L1 hole | PSNR face (dB) | SSIM face | L1 face "
-             "| rebuilt | scored unchanged |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| same person | rebuilt | scored unchanged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         s = summary["methods"][m]
         lines.append(f"| {m} ({DESCRIPTIONS[m]}) | {s['n']} | {_f(s['psnr_hole'], 2)} | {_f(s['ssim_hole'], 3)} "
                      f"| {_f(s['l1_hole'], 4)} | {_f(s['psnr_face'], 2)} | {_f(s['ssim_face'], 3)} "
-                     f"| {_f(s['l1_face'], 4)} | {s['rebuilt']} | {s['unchanged']} |")
+                     f"| {_f(s['l1_face'], 4)} | {_f(s['same_person'], 2)} | {s['rebuilt']} | {s['unchanged']} |")
     sources = list(summary["by_source"])
     if sources:
-        lines += ["", "Hole PSNR (dB) / SSIM by source:", "",
+        lines += ["", "By source: hole PSNR (dB) / face PSNR (dB) / same person:", "",
                   "| method | " + " | ".join(f"{s} ({summary['by_source'][s][methods[0]]['n']})" for s in sources)
                   + " |", "|---|" + "---|" * len(sources)]
         for m in methods:
             lines.append(f"| {m} | " + " | ".join(
-                f"{_f(summary['by_source'][s][m]['psnr_hole'], 2)} / {_f(summary['by_source'][s][m]['ssim_hole'], 3)}"
+                f"{_f(summary['by_source'][s][m]['psnr_hole'], 2)} / {_f(summary['by_source'][s][m]['psnr_face'], 2)}"
+                f" / {_f(summary['by_source'][s][m]['same_person'], 2)}"
                 for s in sources) + " |")
     lines += ["", f"Mask IoU (found mask vs rendered hole, the same segmentation for every method): "
                   f"{_f(summary['mask_iou'], 3)}"]
@@ -54,14 +57,14 @@ def markdown_table(summary: dict) -> str:
 def rich_table(summary: dict):
     table = Table(title=f"unmask evaluate: {summary['cases']} cases", show_lines=False)
     for col in ("method", "cases", "PSNR hole", "SSIM hole", "L1 hole", "PSNR face", "SSIM face", "L1 face",
-                "rebuilt", "unchanged"):
+                "same person", "rebuilt", "unchanged"):
         table.add_column(col, justify="left" if col == "method" else "right")
     best = max(summary["methods"], key=lambda m: summary["methods"][m]["psnr_hole"]
                if not math.isnan(summary["methods"][m]["psnr_hole"]) else -1e9, default=None)
     for m, s in summary["methods"].items():
         table.add_row(f"[bold]{m}[/]" if m == best else m, str(s["n"]), _f(s["psnr_hole"], 2),
                       _f(s["ssim_hole"], 3), _f(s["l1_hole"], 4), _f(s["psnr_face"], 2), _f(s["ssim_face"], 3),
-                      _f(s["l1_face"], 4), str(s["rebuilt"]), str(s["unchanged"]))
+                      _f(s["l1_face"], 4), _f(s["same_person"], 2), str(s["rebuilt"]), str(s["unchanged"]))
     return table
 
 

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from tests.conftest import REPO, reset_mlflow_state, shared
 
 PER_SOURCE = 3
-BASELINES = ["paste", "paste-raw", "telea", "navier-stokes"]
+BASELINES = ["paste", "paste-raw", "telea", "navier-stokes", "paste-generic"]
+METHODS = BASELINES + ["gan", "gan-generic"]
 BLANK = "extra/blank.png"  # a case without a face: every method leaves it as it came
 
 
@@ -54,7 +55,7 @@ def built(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def evaluated(built, tmp_path_factory):
-    """The baselines (no model in this UNMASK_HOME) on a copy of the built cases plus one case
+    """Every method (the shipped model: no registry in this UNMASK_HOME) on a copy of the built cases plus one case
     without a face (a copy: `built` stays as built, whichever test runs first)."""
     import shutil
 
@@ -125,8 +126,8 @@ def test_every_case_is_scored_for_every_method(evaluated):
     scores, summary = evaluated["scores"], evaluated["summary"]
     cases = {r["input"] for r in csv.DictReader(open(evaluated["cases"] / "pairs.csv"))}
     assert len(cases) == 2 * PER_SOURCE + 1
-    assert sorted({r["method"] for r in scores}) == sorted(BASELINES)
-    for method in BASELINES:
+    assert sorted({r["method"] for r in scores}) == sorted(METHODS)
+    for method in METHODS:
         rows = [r for r in scores if r["method"] == method]
         assert sorted(r["case"] for r in rows) == sorted(cases)
         for r in rows:
@@ -135,9 +136,8 @@ def test_every_case_is_scored_for_every_method(evaluated):
         assert summary["methods"][method]["n"] == len(cases)
         assert (evaluated["out"] / method / "manifest.csv").is_file()
     assert summary["cases"] == len(cases)
-    # no model in this UNMASK_HOME: the baselines were scored and the output says the model was not
-    assert summary["model"] is None and "model not scored" in summary["model_note"]
-    assert "model not scored" in evaluated["output"]
+    # no registry in this UNMASK_HOME: the shipped model was scored, and the summary says so
+    assert summary["model"]["uri"] == "shipped:unmask-small" and "share-alike" in summary["model"]["notice"]
     assert re.search(r"paste\s.*\d+\.\d\d", evaluated["output"])  # the table
 
 
@@ -148,7 +148,7 @@ def test_a_case_without_a_face_counts_as_the_unchanged_input(evaluated):
     expected = score_case(_read(cases / BLANK), _read(cases / "truth" / BLANK),
                           _read(cases / "hole" / BLANK, grey=True) > 127)
     rows = [r for r in evaluated["scores"] if r["case"] == BLANK]
-    assert len(rows) == len(BASELINES)
+    assert len(rows) == len(METHODS)
     for r in rows:
         assert r["status"] == "no-face"
         assert float(r["psnr_hole"]) == pytest.approx(expected["psnr_hole"], abs=1e-4)

@@ -191,7 +191,7 @@ from tasks import registry as tracking
 from model.networks import Generator
 tracking.setup()
 with mlflow.start_run():
-    uri = tracking.log_generator(Generator(16).eval(), 16, 128, {{"training_data": "none (untrained)"}})
+    uri = tracking.log_generator(Generator(16).eval(), "full", 16, 128, {{"training_data": "none (untrained)"}})
 v = mlflow.register_model(uri, "{name}")
 MlflowClient().set_registered_model_alias("{name}", "champion", v.version)
 print(v.version)
@@ -218,8 +218,8 @@ def test_unmask_folder_command_with_the_champion_and_prefect_artifacts(photo_fol
             return subprocess.run([str(BIN / "unmask"), "folder", *map(str, args)], env=env, capture_output=True,
                                   text=True, timeout=600)
 
-        res = unmask(inp, out, "--reference", ref)
-        assert res.returncode == 1 and "unmask train" in res.stderr and "make demo" in res.stderr
+        res = unmask(inp, out, "--reference", ref, "--model", "models:/unmask@champion")
+        assert res.returncode == 1 and "unmask train" in res.stderr and "--model shipped" in res.stderr
         assert not (out / "images").exists()
         version = _register_untrained(home)
         res = unmask(inp, out, "--dry-run", "--reference", ref)

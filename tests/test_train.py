@@ -128,7 +128,7 @@ def test_mlflow_server_register_gate_and_load(shards, tmp_path, monkeypatch):
         assert gate["version"] == 1 and gate["alias"] in ("champion", "challenger")
         client = MlflowClient(url)
         version = client.get_model_version("unmask-test", "1")
-        assert {"gate.decision", "gate.new", "gate.champion", "gate.paste"} <= set(version.tags)
+        assert {"gate.decision", "gate.new", "gate.champion", "gate.rival", "gate.paste"} <= set(version.tags)
         assert float(version.tags["gate.new"]) == pytest.approx(first["val"]["psnr_hole/model"], abs=1e-3)
         assert client.get_model_version_by_alias("unmask-test", "challenger").version == "1"
         model = mlflow.pyfunc.load_model(f"models:/unmask-test@{gate['alias']}")
