@@ -15,6 +15,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.lock
 	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	# the optional extra `identity` (evaluation's same-person share), exact versions from pyproject.toml
+	$(BIN)/python -m pip install -q --no-deps dlib-bin==20.0.1.post1 face-recognition-models==0.3.0
 	touch $(STAMP)
 
 demo: install

@@ -7,7 +7,8 @@
   each side and 50% of its height up and down, clipped to the photo less the grey frame of a
   framed case (the hole, the skin around it and, above the mask, the eyes);
 - `same_person`: the share of outputs that dlib's face-recognition network takes for the truth's
-  person (`tasks.identity`; NaN when that optional extra is not installed);
+  person, and `identity_distance` their embedding distance (`tasks.identity`; NaN when that
+  optional extra is not installed);
 - `mask_iou`: the mask each method found (`OUTPUT_DIR/<method>/masks/`) against the truth hole, at
   the photo's size; a case without a found mask counts 0.
 
@@ -24,7 +25,8 @@ from PIL import Image
 
 from tasks import identity
 
-METRICS = ("psnr_hole", "ssim_hole", "l1_hole", "psnr_face", "ssim_face", "l1_face", "same_person")
+METRICS = ("psnr_hole", "ssim_hole", "l1_hole", "psnr_face", "ssim_face", "l1_face", "same_person",
+           "identity_distance")
 FACE_GROW = 0.5           # face crop: the hole's bounding box grown by this share of its size each way
 
 
@@ -106,8 +108,10 @@ def score_method(cases_dir: Path, output_dir: Path, method: str, rows: list[dict
         found = _read_mask(found_path) if found_path.is_file() else None
         info = cases.get(rel, {})
         s = score_case(pred, truth, hole, int(info.get("pad") or 0))
-        s["same_person"] = identity.same_person(pred, _truth_identity(str(truth_path))) if identity.available() \
-            else math.nan
+        s["identity_distance"] = identity.distance(pred, _truth_identity(str(truth_path))) \
+            if identity.available() else math.nan
+        s["same_person"] = s["identity_distance"] if math.isnan(s["identity_distance"]) \
+            else float(s["identity_distance"] < identity.SAME_PERSON)
         scored.append({"case": rel, "source": info.get("source") or rel.split("/", 1)[0],
                        "reference": r.get("reference", ""), "method": method, "status": r["status"],
                        "reason": r.get("reason", ""), "scored_as": scored_as, **{k: s[k] for k in METRICS},

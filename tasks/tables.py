@@ -32,13 +32,14 @@ def markdown_table(summary: dict) -> str:
     """The results as Markdown: all cases, then hole PSNR per source."""
     methods = list(summary["methods"])
     lines = ["| method | cases | PSNR hole (dB) | SSIM hole | L1 hole | PSNR face (dB) | SSIM face | L1 face "
-             "| same person | rebuilt | scored unchanged |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| same person | identity distance | rebuilt | scored unchanged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in methods:
         s = summary["methods"][m]
         lines.append(f"| {m} ({DESCRIPTIONS[m]}) | {s['n']} | {_f(s['psnr_hole'], 2)} | {_f(s['ssim_hole'], 3)} "
                      f"| {_f(s['l1_hole'], 4)} | {_f(s['psnr_face'], 2)} | {_f(s['ssim_face'], 3)} "
-                     f"| {_f(s['l1_face'], 4)} | {_f(s['same_person'], 2)} | {s['rebuilt']} | {s['unchanged']} |")
+                     f"| {_f(s['l1_face'], 4)} | {_f(s['same_person'], 2)} | {_f(s['identity_distance'], 3)} "
+                     f"| {s['rebuilt']} | {s['unchanged']} |")
     sources = list(summary["by_source"])
     if sources:
         lines += ["", "By source: hole PSNR (dB) / face PSNR (dB) / same person:", "",
