@@ -71,7 +71,7 @@ bench-evaluate: install
 # QUALITY_MINUTES=0 skips the 30-minute quality run.
 QUALITY_MINUTES ?= 30
 bench-train: install
-	$(BIN)/python -m benchmarks.bench_train --data $(SHARED)/faces-bulk --quality-minutes $(QUALITY_MINUTES)
+	$(BIN)/python -m benchmarks.bench_train --data $(SHARED) --quality-minutes $(QUALITY_MINUTES)
 
 # Re-resolve requirements.in into requirements.lock in a throwaway venv.
 lock:

@@ -1,8 +1,8 @@
 """`make bench-train`: loader vs training throughput, steps/s, generator latency, and quality.
 
-Quality (`--quality-minutes`, default 30): `unmask train --size 128` on the shards of all
-6,000 faces-bulk faces, then validation scores against both baselines on the same cases,
-with and without the reference.
+Quality (`--quality-minutes`, default 30 CPU-minutes each): the small and the full generator
+trained from scratch on the shipped model's training data, gated against the paste, and scored
+with the baselines on the same validation cases, with their own and with the generic reference.
 """
 from __future__ import annotations
 
@@ -61,11 +61,11 @@ def train_rate(data: Path, size: int, steps: int = 6) -> float:
     return steps * 8 / (time.perf_counter() - times[1])
 
 
-def latency(threads: int, size: int = 256, repeats: int = 5) -> float:
-    from model.networks import Generator
+def latency(kind: str, size: int, threads: int = 1, repeats: int = 10) -> float:
+    from model.networks import build_generator
 
     torch.set_num_threads(threads)
-    g = Generator().eval()
+    g = build_generator(kind).eval()
     x = torch.rand(1, 3, size, size)
     m = torch.zeros(1, 1, size, size)
     m[..., size // 3:, size // 4: 3 * size // 4] = 1
@@ -79,14 +79,15 @@ def latency(threads: int, size: int = 256, repeats: int = 5) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", type=Path, required=True, help="../shared/data/faces-bulk")
-    ap.add_argument("--quality-minutes", type=float, default=30.0)
+    ap.add_argument("--data", type=Path, required=True, help="../shared/data")
+    ap.add_argument("--quality-minutes", type=float, default=30.0,
+                    help="CPU-minutes per generator (wall minutes = this / cores)")
     args = ap.parse_args()
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
-    small = shards_for(args.data, 256, 400)
+    small = shards_for(args.data / "faces-bulk", 256, 400)
     loader = {w: loader_rate(small, 256, w) for w in (1, 2)}
     rates = {s: train_rate(small, s) for s in (128, 256)}
-    lat = {t: latency(t) for t in (1, 2)}
+    lat = {(k, t): latency(k, size, t) for k, size in (("small", 128), ("full", 256)) for t in (1, 2)}
     torch.set_num_threads(os.cpu_count() or 1)
     body = f"""## Training (`make bench-train`)
 
@@ -99,8 +100,10 @@ CPU only (no GPU was lent to this session). Batch 8, shards of 400 `faces-bulk` 
 | training, 128 px (one process, all cores) | {rates[128]:.2f} images/s ({rates[128] / 8:.3f} steps/s) |
 | training, 256 px (one process, all cores) | {rates[256]:.2f} images/s ({rates[256] / 8:.3f} steps/s) |
 | loader / training at 256 px | {loader[1] / rates[256]:.0f}x with one loader worker (target >= 5x) |
-| generator forward, 256 px, 1 thread | {lat[1] * 1000:.0f} ms |
-| generator forward, 256 px, 2 threads | {lat[2] * 1000:.0f} ms |
+| small generator forward, 128 px, 1 thread | {lat['small', 1] * 1000:.0f} ms |
+| small generator forward, 128 px, 2 threads | {lat['small', 2] * 1000:.0f} ms |
+| full generator forward, 256 px, 1 thread | {lat['full', 1] * 1000:.0f} ms |
+| full generator forward, 256 px, 2 threads | {lat['full', 2] * 1000:.0f} ms |
 """
     if args.quality_minutes > 0:
         body += quality(args.data, args.quality_minutes)
@@ -108,41 +111,65 @@ CPU only (no GPU was lent to this session). Batch 8, shards of 400 `faces-bulk` 
     print(body)
 
 
-def quality(faces: Path, minutes: float) -> str:
-    import mlflow
+def recipe_shards(data: Path) -> Path:
+    """The shipped model's training data (`make model`'s stage and preprocess), under UNMASK_HOME."""
+    from flows.pipeline import preprocess_ffhq
+    from flows.recipe import stage
+    from flows.runtime import prefect_api
+    from tasks.storage import unmask_home
 
+    root = unmask_home() / "bench" / "recipe"
+    stage(data, root / "input", 3000)
+    with prefect_api():
+        preprocess_ffhq(input_dir=str(root / "input"), output_dir=str(root / "shards"), size=128, shard_size=250,
+                        val_percent=3, identities=str(root / "input" / "identities.csv"),
+                        mask_templates=str(data / "mask-templates"))
+    return root / "shards"
+
+
+def quality(data: Path, cpu_minutes: float) -> str:
+    """Each generator trained for `cpu_minutes` of CPU (all cores) through train_and_register, from
+    scratch, registered under its own name and gated; scored on the same validation cases."""
     from model.options import TrainOptions
-    from model.train import score_generator
-    from tasks.dataset import validation_cases
     from tasks.registry import tracking_uri
-    from tasks.training import baseline_scores, train_and_register
+    from tasks.training import train_and_register
 
-    data = shards_for(faces, 128, None)
-    summary = train_and_register(TrainOptions(data=str(data), minutes=minutes, batch_size=8, size=128, device="cpu",
-                                              register_as="unmask-bench"))
-    model = mlflow.pyfunc.load_model(summary["model_uri"]).unwrap_python_model()
-    cases = validation_cases(data, 128, 256)
-    with_ref = {**score_generator(model.generator, cases, torch.device("cpu")), **baseline_scores(cases)}
-    no_ref_cases = [{**c, "reference": torch.zeros_like(c["reference"]),
-                     "reference_valid": torch.zeros_like(c["reference_valid"])} for c in cases]
-    without = score_generator(model.generator, no_ref_cases, torch.device("cpu"))
+    shards = recipe_shards(data)
+    cores = os.cpu_count() or 1
+    results = {}
+    for kind, batch in (("small", 16), ("full", 8)):
+        torch.set_num_threads(cores)
+        results[kind] = train_and_register(TrainOptions(
+            data=str(shards), minutes=cpu_minutes / cores, batch_size=batch, generator=kind, device="cpu",
+            register_as=f"unmask-bench-{kind}", val_cases=96, workers=1))
+    val = results["small"]["val"]
     rows = []
-    for label, res, method in (("model, with reference", with_ref, "model"), ("model, without reference",
-                               without, "model"), ("paste (colour-matched warped reference)", with_ref, "paste"),
-                              ("cv2.inpaint Telea", with_ref, "telea")):
-        rows.append(f"| {label} | {res[f'psnr_hole/{method}']:.2f} | {res[f'ssim_hole/{method}']:.3f} | "
-                    f"{res[f'psnr_face/{method}']:.2f} | {res[f'ssim_face/{method}']:.3f} |")
+    for label, scores, key in (
+            ("small generator (0.7 M), own reference", results["small"]["val"], "model"),
+            ("full generator (7 M), own reference", results["full"]["val"], "model"),
+            ("paste (colour-matched warped reference)", val, "paste"),
+            ("cv2.inpaint Telea", val, "telea"),
+            ("small generator, generic reference", results["small"]["val"], "model-generic"),
+            ("full generator, generic reference", results["full"]["val"], "model-generic"),
+            ("paste of the generic reference", val, "paste-generic")):
+        rows.append(f"| {label} | {scores[f'psnr_hole/{key}']:.2f} | {scores[f'ssim_hole/{key}']:.3f} | "
+                    f"{scores[f'psnr_face/{key}']:.2f} | {scores[f'ssim_face/{key}']:.3f} |")
+    gates = "; ".join(f"{k}: {r['steps']} steps, {r['gate']['name']} v{r['gate']['version']} -> "
+                      f"**{r['gate']['alias']}** ({float(r['gate']['gate.new']) - float(r['gate']['gate.paste']):+.2f} "
+                      f"dB over the paste)" for k, r in results.items())
     table = "\n".join(rows)
     return f"""
-Quality after `unmask train --minutes {minutes:g} --size 128` on the shards of all `faces-bulk` faces
-({summary['steps']} steps; registered as {summary['gate']['name']} v{summary['gate']['version']},
-gate: {summary['gate']['alias']}), scored on the same {len(cases)} validation cases:
+Quality: each generator trained from scratch for {cpu_minutes:g} CPU-minutes ({cpu_minutes / cores:g} minutes on
+{cores} cores) by `train_and_register` (the `unmask train` flow's work) on the shipped model's training data
+(`make model`'s stage and preprocess: `faces-bulk` with synthetic references and `identity-pairs` with
+real ones, 128 px; 30 % of training rows get the generic reference instead), then gated against the paste; all scored on the
+same 96 validation cases. Gate: {gates}.
 
 | method | PSNR hole (dB) | SSIM hole | PSNR face (dB) | SSIM face |
 |---|---|---|---|---|
 {table}
 
-Tracking store: {tracking_uri()} (run {summary['run_id']}).
+Tracking store: {tracking_uri()}.
 """
 
 

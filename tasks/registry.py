@@ -181,8 +181,8 @@ def score_shipped(cases: list[dict]) -> float | None:
 
 def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: float, cases: list[dict]) -> dict:
     """Register as `challenger`; promote to `champion` only when it beats the current champion
-    (or, with no champion yet, the shipped model) re-scored on the same cases, and the paste
-    baseline, by more than the margin."""
+    (or, with no champion yet under the default name, the shipped model that `unmask folder` uses
+    then) re-scored on the same cases, and the paste baseline, by more than the margin."""
     import mlflow  # mlflow: seconds to import
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -194,7 +194,9 @@ def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: 
         champion = None
     if champion:
         champion_score, rival = score_model(f"models:/{name}@champion", cases), f"champion v{champion.version}"
-    else:
+    elif name != DEFAULT_NAME:  # another name (a benchmark's, an experiment's): only the paste to beat
+        champion_score, rival = float("-inf"), "none"
+    else:  # what `unmask folder` uses when this name has no champion
         shipped_score = score_shipped(cases)
         champion_score = float("-inf") if shipped_score is None else shipped_score
         rival = "none" if shipped_score is None else "shipped"
@@ -215,7 +217,8 @@ def register_and_gate(model_uri: str, name: str, new_score: float, paste_score: 
 
 # --- models for inference ----------------------------------------------------------------------
 
-DEFAULT_MODEL = "models:/unmask@champion"
+DEFAULT_NAME = "unmask"
+DEFAULT_MODEL = f"models:/{DEFAULT_NAME}@champion"
 SHIPPED = "shipped"
 NOTICE = ("Made by a model trained on research / non-commercial data (FFHQ, MaskedFace-Net: CC BY-NC-SA 4.0; "
           "All-Age-Faces, RMFD/AFDB: research use). Not for commercial use; share-alike.")
