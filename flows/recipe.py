@@ -110,7 +110,51 @@ def export(run_dir: Path, command: str) -> dict:
         "validation_cases": val.get("cases"),
     }
     shipped.CARD.write_text(json.dumps(card, indent=2) + "\n")
+    (shipped.FOLDER / "MODEL_CARD.md").write_text(model_card(card))
     return card
+
+
+def model_card(card: dict) -> str:
+    """The card for people: what the model is, what it learned from, its licence, how to remake it."""
+    v = card["validation"]
+
+    def row(label, key):
+        return (f"| {label} | {v[f'psnr_hole/{key}']:.2f} | {v[f'ssim_hole/{key}']:.3f} | "
+                f"{v[f'psnr_face/{key}']:.2f} |")
+
+    data = "\n".join(f"- `{k}`: {d}" for k, d in card["training_data"].items())
+    return f"""# unmask-small: the shipped generator
+
+The model `unmask folder` and `unmask evaluate` use when the MLflow registry has no
+`models:/unmask@champion`. A {card['generator']} generator (gated convolutions, {card['channels']} channels,
+a correction over the colour-matched paste), {card['size']} px, trained {card['steps']} steps of {card['batch_size']}
+faces on a CPU, with the SN-PatchGAN discriminator beside the L1 losses.
+
+- weights: `unmask-small.safetensors`, {card['bytes']:,} bytes, sha256 `{card['sha256']}`
+- made: {card['made']} by `{card['command']}` (the recipe: `flows/recipe.py`, `Makefile`)
+- licence: {card['licence']}
+- notice carried by every output it makes: "{card['notice']}"
+
+## Training data
+
+{data}
+
+Rows: {card.get('training_counts', {}).get('rows', '?')} faces. Photos and people that `tasks/holdout.py` keeps for
+evaluation (30 %) are not among them.
+
+## Validation ({card.get("validation_cases")} rows of the training shards' `val` split, same cases for every method)
+
+| method | PSNR hole (dB) | SSIM hole | PSNR face (dB) |
+|---|---|---|---|
+{row("this model, own reference", "model")}
+{row("paste (colour-matched warped reference)", "paste")}
+{row("cv2.inpaint Telea", "telea")}
+{row("this model, generic reference", "model-generic")}
+{row("paste of the generic reference", "paste-generic")}
+
+The public evaluation on cases built from held-out photos is in the repository's BENCHMARKS.md
+(`make bench-evaluate`).
+"""
 
 
 def main() -> None:
