@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from tasks.bench_report import write_section
+from tasks.contact_sheet import write_contact_sheet
 from tasks.identity import available as identity_available
 from tasks.folder import FolderOptions, partition, plan, process_items, write_manifest
 from tasks.registry import DATA_LICENCE, ModelNotFound, ModelRef, log_run, resolve_model, tracking_uri
@@ -132,6 +133,8 @@ def evaluate(cases_dir: str | Path, output_dir: str | Path, model: str | None = 
     if (cases_dir / "cases.json").is_file():
         summary["cases_info"] = json.loads((cases_dir / "cases.json").read_text())
     _write_scores(output_dir / "scores.csv", scores)
+    sheet = write_contact_sheet(cases_dir, output_dir, scores, choice.methods, output_dir / "contact-sheet.png")
+    summary["contact_sheet"] = str(sheet) if sheet else None
     (output_dir / "summary.md").write_text(markdown_table(summary) + "\n" + (
         f"\n{choice.note}\n" if choice.note else ""), encoding="utf-8")
     (output_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True))

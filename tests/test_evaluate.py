@@ -136,6 +136,8 @@ def test_every_case_is_scored_for_every_method(evaluated):
         assert summary["methods"][method]["n"] == len(cases)
         assert (evaluated["out"] / method / "manifest.csv").is_file()
     assert summary["cases"] == len(cases)
+    sheet = Image.open(evaluated["out"] / "contact-sheet.png")  # input, hole, every method, truth
+    assert sheet.size[0] == 128 * (len(METHODS) + 3) and sheet.size[1] > 128 * 2
     # no registry in this UNMASK_HOME: the shipped model was scored, and the summary says so
     assert summary["model"]["uri"] == "shipped:unmask-small" and "share-alike" in summary["model"]["notice"]
     assert re.search(r"paste\s.*\d+\.\d\d", evaluated["output"])  # the table
