@@ -76,7 +76,8 @@ def _labelled_bars(prefix: str = ""):
 
 
 class _ShardProgress:
-    """A progress bar fed by the `.done` markers that shards write, wherever they run."""
+    """A progress bar of inputs, fed by the `.done` markers (with their input counts) that units
+    of work write, wherever they run."""
 
     def __init__(self, output_dir: str, total: int):
         from tasks import storage
@@ -84,14 +85,26 @@ class _ShardProgress:
         self.fs, base = storage.filesystem(output_dir)
         self.pattern = storage.join(base, "shards", "part-*.done")
         self.total, self.stop = total, threading.Event()
-        self.progress = Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        self.counts: dict[str, int] = {}
+        self.progress = Progress(TextColumn("faces"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  console=console, transient=False)
 
+    def count(self) -> int:
+        from tasks import storage
+
+        for path in self.fs.glob(self.pattern):
+            if path not in self.counts:
+                try:
+                    self.counts[path] = int(storage.read_json(self.fs, path).get("inputs", 0))
+                except (OSError, ValueError):
+                    continue
+        return min(self.total, sum(self.counts.values()))
+
     def _poll(self):
-        bar = self.progress.add_task("shards", total=self.total)
+        bar = self.progress.add_task("faces", total=self.total)
         while not self.stop.wait(0.5):
-            self.progress.update(bar, completed=min(self.total, len(self.fs.glob(self.pattern))))
-        self.progress.update(bar, completed=min(self.total, len(self.fs.glob(self.pattern))))
+            self.progress.update(bar, completed=self.count())
+        self.progress.update(bar, completed=self.count())
 
     def __enter__(self):
         self.progress.start()
@@ -110,7 +123,8 @@ def preprocess(
     input_dir: str = typer.Argument(..., help="Folder (or fsspec URL) of face photos; searched recursively."),
     output_dir: str = typer.Argument(..., help="Where shards/, rejects.parquet and summary.json go."),
     size: int = typer.Option(256, help="Side of the aligned square face crops, in pixels."),
-    shard_size: int = typer.Option(1000, help="Images per shard (one task, one Parquet file)."),
+    shard_size: int = typer.Option(1000, help="At most this many images per unit of work (one task, one "
+                                              "Parquet file); units are cut about four per worker."),
     val_percent: float = typer.Option(5.0, help="Share of ids (or people) put in the `val` split."),
     pairs: Optional[Path] = typer.Option(None, help="CSV `input,reference`: a real reference photo per input."),
     identities: Optional[Path] = typer.Option(None, help="CSV `path,identity`: references from the same person."),
@@ -130,10 +144,10 @@ def preprocess(
         if p is not None and not p.exists():
             _fail(f"{label} {p} does not exist")
     try:
-        shards, _ = plan(input_dir, shard_size, limit)
+        images, _ = plan(input_dir, shard_size, limit)
     except FileNotFoundError:
         _fail(f"input folder {input_dir} does not exist")
-    with _fatal_errors(), prefect_api(), _ShardProgress(output_dir, len(shards)):
+    with _fatal_errors(), prefect_api(), _ShardProgress(output_dir, len(images)):
         summary = preprocess_ffhq(
             input_dir=input_dir, output_dir=output_dir, size=size, shard_size=shard_size,
             val_percent=val_percent, pairs=str(pairs) if pairs else None,
@@ -223,7 +237,8 @@ def folder(
     dask_address: Optional[str] = typer.Option(None, help="Use an existing Dask cluster, e.g. tcp://host:8786."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo inputs whose outputs are already complete."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be done; write nothing."),
-    shard_size: int = typer.Option(16, help="Photos per task."),
+    shard_size: int = typer.Option(16, help="At most this many photos per unit of work (one task); units "
+                                            "are cut about four per worker."),
     max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse photos above this many pixels (decompression bombs)."),
     masks: Optional[Path] = typer.Option(None, help="Your own masks instead of the found ones: a folder with the "
                                                     "same relative paths (any image type), white = mask."),

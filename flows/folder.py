@@ -4,26 +4,18 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.runtime import run_on_dask
+from flows.runtime import run_units, worker_count
 from tasks.folder import (BASELINES, METHODS, FolderOptions, partition, plan, process_items, summarise,
                           write_manifest, write_summary)
 from tasks import storage
 from tasks.folder import is_done
 from tasks.images import MAX_PIXELS
 from tasks.report import write_report
-from tasks.threads import pin_threads
 
 SUMMARY_ARTIFACT = "unmask-folder-summary"
-
-
-@task(name="unmask-shard", retries=1, retry_delay_seconds=1)
-def unmask_shard(index: int, items: list[dict], opts: FolderOptions) -> list[dict]:
-    """One shard of photos; returns their manifest rows (small records, never arrays)."""
-    pin_threads(1)
-    return process_items(items, opts)
 
 
 def _run_shards(shards: list[list[dict]], opts: FolderOptions, workers: int | None,
@@ -32,9 +24,9 @@ def _run_shards(shards: list[list[dict]], opts: FolderOptions, workers: int | No
     progress = create_progress_artifact(0.0, key="unmask-folder-progress",
                                         description=f"photos unmasked into {opts.output_dir}")
     total = sum(len(s) for s in shards)
-    calls = [{"index": i, "items": s, "opts": opts} for i, s in enumerate(shards)]
+    calls = [{"items": s, "opts": opts} for s in shards]
     rows: list[dict] = []
-    for part in run_on_dask(unmask_shard, calls, workers, dask_address):
+    for part in run_units(process_items, calls, "unmask-shard", workers, dask_address):
         rows.extend(part)
         update_progress_artifact(progress, 100.0 * len(rows) / max(total, 1))
     return rows
@@ -116,7 +108,10 @@ def unmask_folder(
                     {"input": r["input"], "reason": r["reason"]} for r in preset],
                 "method": method, "model_uri": opts.model_uri}
     log.info("%d photos (%d answered without reading) into %s", len(items), len(preset), output_dir)
-    shards = [work[i:i + shard_size] for i in range(0, len(work), shard_size)]
+    # units of work: about four per worker (so every worker gets some and none waits long at the
+    # end), at most shard_size photos each
+    size = max(1, min(shard_size, -(-len(work) // (4 * worker_count(workers, dask_address)))))
+    shards = [work[i:i + size] for i in range(0, len(work), size)]
     rows = list(preset)
     if shards:
         rows += _run_shards(shards, opts, workers, dask_address)

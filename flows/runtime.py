@@ -110,28 +110,73 @@ def local_cluster_kwargs(workers: int | None = None) -> dict:
             "dashboard_address": None, "env": dict(THREAD_ENV)}
 
 
-def dask_runner(workers: int | None = None, address: str | None = None):
-    """A DaskTaskRunner: an existing cluster at `address`, or a local one (processes, 1 thread each)."""
-    from prefect_dask import DaskTaskRunner
+def in_worker(fn, kwargs: dict):
+    """What a Dask worker runs for one unit of work: a plain function with one thread per pool.
+    Workers import neither Prefect nor talk to its API: Prefect's view of the unit is the task run
+    in the flow's process that waits for it (`run_units`)."""
+    from tasks.threads import pin_threads
+
+    pin_threads(1)
+    return fn(**kwargs)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, address: str | None = None):
+    """A Dask client: on an existing cluster at `address`, or on a local one (processes, one
+    thread each) of `workers` processes (default: one per core)."""
+    from distributed import Client, LocalCluster
 
     if address:
-        return DaskTaskRunner(address=address)
-    return DaskTaskRunner(cluster_kwargs=local_cluster_kwargs(workers))
+        with Client(address) as client:
+            yield client
+        return
+    with LocalCluster(**local_cluster_kwargs(workers)) as cluster, Client(cluster) as client:
+        yield client
 
 
-def run_on_dask(task, calls: list[dict], workers: int | None = None, address: str | None = None):
-    """Run `task` once per parameter dict on Dask, as task runs of the current flow run; yields
-    the results as they finish.
+def worker_count(workers: int | None = None, address: str | None = None) -> int:
+    """How many workers a run will have: the cluster's at `address`, else `workers` (default: one
+    per core)."""
+    if address:
+        from distributed import Client
 
-    The runner is used directly rather than through a nested flow: a flow run costs API round
-    trips to start and up to a second at its end (Prefect joins its heartbeat thread, which
-    sleeps in one-second steps), and artifacts made here then land on the calling flow run.
+        with Client(address, timeout=60) as client:
+            return max(len(client.scheduler_info().get("workers", {})), 1)
+    return workers or os.cpu_count() or 1
+
+
+IN_FLIGHT_PER_WORKER = 2  # units queued on Dask per worker: one running, one waiting behind it
+
+
+def run_units(fn, calls: list[dict], name: str, workers: int | None = None, address: str | None = None,
+              retries: int = 1):
+    """Run `fn(**call)` once per call; yields the results as they finish.
+
+    Each call is one Prefect task run named `name` in the current flow run (what the UI shows,
+    retried on failure), whose body hands the work to Dask and waits: the flow's process talks
+    to the Prefect API, the workers only compute. A run with a single unit and no cluster asked
+    for runs in this process (no cluster to start), as does a run on one local worker.
     """
+    from prefect import task
     from prefect.futures import as_completed
+    from prefect.task_runners import ThreadPoolTaskRunner
 
     if not calls:  # nothing to do (an empty folder, a rerun with nothing new): start no cluster
         return
-    with dask_runner(workers, address) as runner:
-        futures = [runner.submit(task, params) for params in calls]
-        for future in as_completed(futures):
-            yield future.result()
+    local_workers = min(workers or os.cpu_count() or 1, len(calls))
+    if not address and local_workers <= 1:
+        unit = task(name=name, retries=retries, retry_delay_seconds=1)(lambda params: in_worker(fn, params))
+        for params in calls:
+            yield unit(params)
+        return
+    with dask_client(None if address else local_workers, address) as client:
+        width = IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info().get("workers", {})), 1)
+
+        @task(name=name, retries=retries, retry_delay_seconds=1)
+        def unit(params: dict):
+            return client.submit(in_worker, fn, params, pure=False).result()
+
+        with ThreadPoolTaskRunner(max_workers=min(width, len(calls))) as runner:
+            futures = [runner.submit(unit, {"params": params}) for params in calls]
+            for future in as_completed(futures):
+                yield future.result()

@@ -59,11 +59,16 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}"
 
 
+def options_hash(opts: Options) -> str:
+    """Changes when anything that shapes every row changes (not the inputs)."""
+    return hashlib.sha1(f"schema={SCHEMA_VERSION};size={opts.size};val={opts.val_percent};"
+                        f"templates={opts.mask_templates};render={RENDER_VERSION}".encode()).hexdigest()
+
+
 def shard_hash(sources: list[str], opts: Options) -> str:
     """Changes when the shard's inputs or anything that shapes its rows change."""
     h = hashlib.sha1()
-    h.update(f"schema={SCHEMA_VERSION};size={opts.size};val={opts.val_percent};"
-             f"templates={opts.mask_templates};render={RENDER_VERSION}\n".encode())
+    h.update(f"{options_hash(opts)}\n".encode())
     for s in sources:
         h.update(f"{s}\t{opts.references.get(s, '')}\t{opts.identities.get(s, '')}\n".encode())
     return h.hexdigest()
@@ -188,6 +193,7 @@ def process_shard(index: int, sources: list[str], opts: Options, timings: dict |
         "rejects": len(rejects),
         "reject_rows": rejects,
         "input_hash": digest,
+        "options_hash": options_hash(opts),
         "inputs": len(sources),
         "schema_version": SCHEMA_VERSION,
         "seconds": round(time.perf_counter() - start, 3),

@@ -54,11 +54,34 @@ def test_no_calls_start_no_cluster(monkeypatch):
     """An empty folder or a rerun with nothing new: no Dask cluster is started or reached."""
     import flows.runtime
 
-    def no_runner(*args, **kwargs):
-        raise AssertionError("a Dask task runner was made for no work")
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a Dask cluster was started for no work")
 
-    monkeypatch.setattr(flows.runtime, "dask_runner", no_runner)
-    assert list(flows.runtime.run_on_dask(print, [], workers=1)) == []
+    monkeypatch.setattr(flows.runtime, "dask_client", no_cluster)
+    assert list(flows.runtime.run_units(print, [], "nothing", workers=2)) == []
+
+
+def test_one_unit_runs_in_this_process_and_many_on_dask_workers(monkeypatch):
+    """A tiny run starts no cluster; a larger one hands each unit to a worker process, from a
+    Prefect task run in this process (the workers never talk to Prefect)."""
+    import flows.runtime
+    from prefect import flow
+
+    real = flows.runtime.dask_client
+
+    @flow
+    def units(n: int, workers: int) -> list[int]:
+        return sorted(flows.runtime.run_units(os.getpid, [{}] * n, "pid", workers=workers))
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a Dask cluster was started for one unit")
+
+    with flows.runtime.prefect_api():
+        monkeypatch.setattr(flows.runtime, "dask_client", no_cluster)
+        assert units(1, 2) == [os.getpid()]
+        monkeypatch.setattr(flows.runtime, "dask_client", real)
+        pids = units(8, 2)
+    assert len(pids) == 8 and os.getpid() not in pids and len(set(pids)) == 2
 
 
 def test_flows_on_the_temporary_api_send_no_heartbeats(monkeypatch):
