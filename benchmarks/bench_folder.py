@@ -1,9 +1,10 @@
 """`make bench-folder`: `unmask folder` on real masked photos and on rendered cases.
 
 Per stage in one process on one thread (the generator's share apart from everything else),
-then the flow on 1 and 2 Dask workers (clusters and workers warmed before the clock), side by
-side in one run. The generator is an untrained DeepFill-v2-sized one (32 channels, 256 px):
-its cost does not depend on its weights.
+then the flow on 1 and 2 Dask workers (clusters and workers warmed before the clock), and the
+command as a user types it (`unmask folder IN OUT`, default options: the shipped model, one
+worker per core, start-up and shut-down included) on 1-megapixel photos, with the model and
+with `--method paste`, and on one photo (start-up), side by side in one run.
 """
 from __future__ import annotations
 
@@ -27,18 +28,6 @@ import numpy as np  # noqa: E402
 from benchmarks.report import write_section  # noqa: E402
 
 STAGES = ["decode", "landmarks", "reference", "align", "segment", "warp", "fill", "paste_back", "write"]
-
-
-def register_untrained(channels: int = 32, size: int = 256) -> str:
-    import mlflow
-
-    from tasks import registry as tracking
-    from model.networks import Generator
-
-    tracking.setup()
-    with mlflow.start_run(run_name="bench-folder-untrained"):
-        uri = tracking.log_generator(Generator(channels).eval(), channels, size, {"training_data": "none"})
-    return uri
 
 
 def rendered_cases(faces: Path, n: int, out: Path) -> Path:
@@ -126,19 +115,43 @@ def flow_runs(inputs: Path, work: Path, model_uri: str, n: int) -> dict:
     return times
 
 
+def as_typed(big: Path, work: Path, references: Path) -> dict:
+    """`unmask folder` as typed, wall time from start to exit: on the 1-megapixel photos with the
+    model (default options) and with --method paste, and on one photo."""
+    import subprocess
+    import sys
+
+    unmask = str(Path(sys.executable).parent / "unmask")
+    one = work / "one"
+    one.mkdir()
+    shutil.copy(sorted(big.iterdir())[0], one)
+    out = {}
+    for label, folder, extra in (("one photo", one, []), ("model", big, []), ("paste", big, ["--method", "paste"])):
+        t = time.perf_counter()
+        res = subprocess.run([unmask, "folder", str(folder), str(work / f"typed-{label}"), "--reference",
+                              str(references), *extra], capture_output=True, text=True)
+        out[label] = time.perf_counter() - t
+        if res.returncode:
+            raise SystemExit(res.stderr[-2000:])
+    out["photos"] = len(list(big.iterdir()))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True, help="../shared/data")
     ap.add_argument("-n", type=int, default=300, help="photos per set for the per-stage runs")
     ap.add_argument("--flow-n", type=int, default=60, help="photos for the 1-vs-2-worker flow runs")
-    ap.add_argument("--big-n", type=int, default=40, help="1-megapixel photos for the per-stage run")
+    ap.add_argument("--big-n", type=int, default=100, help="1-megapixel photos (per-stage run and as typed)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ["UNMASK_HOME"] = str(work / "home")
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'home' / 'mlflow.db'}"
         (work / "home").mkdir()
-        model_uri = register_untrained()
+        from model import shipped
+
+        model_uri = shipped.URI
         real = args.data / "real-masked"
         rendered = rendered_cases(args.data / "faces-bulk", args.n, work / "rendered")
         big = megapixel_cases(rendered, args.big_n, work / "big")
@@ -149,6 +162,8 @@ def main() -> None:
                     single_process(big, work / "o-big", model_uri, args.big_n, args.data / "faces-bulk")}
         for k, v in sets.items():
             print(k, v)
+        typed = as_typed(big, work, args.data / "faces-bulk")
+        print(typed)
         flows = flow_runs(real, work, model_uri, args.flow_n)
         real_rows = sets["real-masked (no reference)"]["per_photo"]
         flows["loop"] = sum(real_rows[p.name] for p in sorted(real.iterdir())[:args.flow_n] if p.name in real_rows)
@@ -168,10 +183,18 @@ def main() -> None:
         ", ".join(f"{s} {c}" for s, c in sorted(v["statuses"].items())) for v in sets.values()) + " |")
     body = f"""## Bulk unmasking (`make bench-folder`)
 
-`unmask folder` with a DeepFill-v2-sized generator (7.0 M parameters, 32 channels, 256 px crops,
-untrained: the cost does not depend on the weights), on CPU. Per stage in one process on one
-thread (`fill` is the generator; `decode`, `landmarks`, `segment`, `warp`, `paste_back` and
-`write` are everything else):
+`unmask folder` with the shipped small generator (0.72 M parameters, run at 128 px; faces filled
+at their own resolution up to 1,024 px), on CPU. As typed, default options (one worker per core,
+{os.cpu_count()} here), start-up and shut-down included, references from `faces-bulk`:
+
+| run | seconds | photos/s |
+|---|---|---|
+| `unmask folder` on one 1-megapixel photo (start to exit) | {typed['one photo']:.1f} | |
+| `unmask folder` on {typed['photos']} 1-megapixel photos, one face each | {typed['model']:.1f} | {typed['photos'] / typed['model']:.2f} (target >= 2) |
+| the same with `--method paste` | {typed['paste']:.1f} | {typed['photos'] / typed['paste']:.2f} |
+
+Per stage in one process on one thread (`fill` is the generator; `decode`, `landmarks`, `segment`,
+`warp`, `paste_back` and `write` are everything else):
 
 {header}
 {chr(10).join(lines)}

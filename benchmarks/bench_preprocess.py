@@ -76,45 +76,65 @@ def micro(inputs: Path, n: int = 100) -> dict:
     return {"tps_warp_ms": warp_ms, "segment_ms": seg_ms}
 
 
-def flow_runs(inputs: Path, n: int, work: Path, repeats: int = 3) -> dict:
-    """The plain loop and the flow on 1 and 2 workers (clusters started before the clock),
-    interleaved so that all three see the same spells of this shared machine; medians."""
-    from distributed import LocalCluster
+def folder_of(data: Path, n: int, root: Path) -> Path:
+    """The first n faces of `data`, linked into a folder of their own (what a user points at)."""
+    from tasks.images import list_inputs
 
-    from flows.pipeline import preprocess_ffhq
-    from flows.runtime import local_cluster_kwargs, prefect_api
+    folder = root / f"in-{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel in list_inputs(data)[0][:n]:
+        link = folder / rel
+        if not link.exists():
+            os.symlink((data / rel).resolve(), link)
+    return folder
 
-    results: dict[int | str, list[float]] = {"loop": [], 1: [], 2: []}
-    with prefect_api():
-        t = time.perf_counter()
-        # one image: an empty folder starts no cluster, and a user's first shard waits for all of this
-        preprocess_ffhq(input_dir=str(inputs), output_dir=str(work / "startup-out"), limit=1, workers=1)
-        startup = time.perf_counter() - t
-        clusters = {w: LocalCluster(**local_cluster_kwargs(w)) for w in (1, 2)}
-        try:
-            for w, c in clusters.items():  # warm every worker: imports and the landmark detector
-                preprocess_ffhq(input_dir=str(inputs), output_dir=str(work / f"warm{w}"), limit=4 * w,
-                                shard_size=2, dask_address=c.scheduler_address)
-            for r in range(repeats):
-                results["loop"].append(loop_run(inputs, n, work / f"loop-{r}"))
-                for w, c in clusters.items():
-                    out = work / f"run{w}-{r}"
-                    t = time.perf_counter()
-                    preprocess_ffhq(input_dir=str(inputs), output_dir=str(out), limit=n, shard_size=50,
-                                    dask_address=c.scheduler_address)
-                    results[w].append(time.perf_counter() - t)
-                    shutil.rmtree(out)
-        finally:
-            for c in clusters.values():
-                c.close()
-    return {"startup_s": startup, "runs": results, **{w: statistics.median(v) for w, v in results.items()}}
+
+def bare_rate(bare: Path, folder: Path, n: int) -> float:
+    """faces/s of the bare one-process loop (`../shared/bench/bare_preprocess.py`) on the folder."""
+    import re
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, str(bare), str(folder), str(n)], capture_output=True, text=True, check=True)
+    return float(re.search(r"([\d.]+) faces/s", res.stdout).group(1))
+
+
+def as_typed(folder: Path, out: Path, home: Path, extra: tuple[str, ...] = ()) -> float:
+    """Wall seconds of `unmask preprocess FOLDER OUT` as typed (default options), start to exit."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "UNMASK_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    t = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "unmask"), "preprocess", str(folder), str(out), *extra],
+                   env=env, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - t
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds
+
+
+def typed_runs(data: Path, bare: Path, work: Path, sizes: dict[int, int]) -> dict:
+    """Per folder size (n -> repeats): the command as typed and the bare loop, interleaved; medians.
+    And one image, start to exit, on a fresh UNMASK_HOME (the first run after install) and again."""
+    out: dict = {"one_fresh": as_typed(folder_of(data, 1, work), work / "o1", work / "fresh-home")}
+    out["one_again"] = as_typed(folder_of(data, 1, work), work / "o1", work / "fresh-home")
+    for n, repeats in sizes.items():
+        folder = folder_of(data, n, work)
+        cmd, loop = [], []
+        for r in range(repeats):
+            loop.append(bare_rate(bare, folder, n))
+            cmd.append(n / as_typed(folder, work / f"o{n}", work / "home"))
+        out[n] = {"command": statistics.median(cmd), "bare": statistics.median(loop), "runs": (cmd, loop)}
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True, help="faces-bulk folder")
-    ap.add_argument("-n", type=int, default=500)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("-n", type=int, default=200, help="faces for the per-stage loop")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved runs at 200 faces (2 at 2,000)")
+    ap.add_argument("--bare", type=Path, default=None, help="bare_preprocess.py (default: beside the data)")
     args = ap.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data} not found: the benchmark needs ../shared/data/faces-bulk")
@@ -125,51 +145,56 @@ def main() -> None:
         print("stages ms/image:", {k: round(v, 2) for k, v in stages.items()})
         m = micro(args.data)
         print(m)
-        flows = flow_runs(args.data, args.n, work, args.repeats)
-        print(flows)
+        bare = args.bare or args.data.resolve().parents[1] / "bench" / "bare_preprocess.py"
+        typed = typed_runs(args.data, bare, work, {200: args.repeats, 2000: max(1, args.repeats - 1)})
+        print(typed)
     n = args.n
-    loop_total = flows["loop"]
-    loop_s = loop_total / n
-    speed1, speed2 = loop_total / flows[1], loop_total / flows[2]
-    per_image_2 = flows[2] / n * 2  # core-seconds per image on the 2-worker flow
-    ffhq_hours = 70_000 * per_image_2 / 64 / 3600
+    loop_s = sum(stages.values()) / 1000
+    bare_ms = 1000 / typed[200]["bare"]
+    cores = os.cpu_count() or 1
+    # core-seconds per image of the command at 2,000 (its start-up, the one-image run, taken off)
+    per_image = (2000 / typed[2000]["command"] - typed["one_again"]) * cores / 2000
+    ffhq_minutes = (70_000 * per_image / 64 + typed["one_again"]) / 60
     rows = "\n".join(f"| {k} | {v:.2f} |" for k, v in stages.items())
+
+    def typed_row(k):
+        t = typed[k]
+        return (f"| `unmask preprocess` on {k:,} faces, as typed | {k / t['command']:.1f} s | {t['command']:.1f} | "
+                f"{t['bare']:.1f} | **{t['command'] / t['bare']:.2f}x** |")
     body = f"""## Preprocessing (`make bench-preprocess`)
 
-{n} `faces-bulk` images, 256 px crops, synthetic references, procedural masks.
+What a user gets: `unmask preprocess FOLDER OUT` as typed, default options (one worker per core,
+{cores} here; 256 px), wall time from start to exit, beside the bare one-process loop
+(`../shared/bench/bare_preprocess.py`, the same environment) on the same folder in the same run;
+medians of interleaved runs (every run below):
 
-Per stage, one process, one thread (ms per image; `masked_landmarks`: FaceMesh and the default
-segmenter on the masked face, what inference sees of it; `warp` includes the re-detection of
-landmarks on the re-posed synthetic reference, the hidden-landmark fit and the colour match):
+| run | wall time | faces/s | bare loop, faces/s | command / bare |
+|---|---|---|---|---|
+{typed_row(200)}
+{typed_row(2000)}
+| `unmask preprocess` on one face, start to exit, first run on a fresh `UNMASK_HOME` | {typed['one_fresh']:.1f} s | | | |
+| the same, again | {typed['one_again']:.1f} s | | | |
+
+Runs (command faces/s; bare faces/s): 200: {typed[200]['runs']}; 2,000: {typed[2000]['runs']}.
+
+Per stage, one process, one thread, {n} `faces-bulk` images (ms per image; `masked_landmarks`:
+FaceMesh and the default segmenter on the masked face, what inference sees of it; `warp`: the
+synthetic reference's re-detection, the hidden-landmark fit, its warp and colour match, and the
+generic reference's):
 
 | stage | ms/image |
 |---|---|
 {rows}
-| **all (loop)** | **{loop_s * 1000:.1f}** |
+| **all (loop)** | **{loop_s * 1000:.1f}** (the bare loop: {bare_ms:.1f} ms, **{loop_s * 1000 / bare_ms:.2f}x**) |
 
 | micro-benchmark (256 px, one core) | measured | target |
 |---|---|---|
 | TPS warp (30 points, coarse grid + remap) | {m['tps_warp_ms']:.2f} ms | <= 5 ms |
 | k-means segmentation | {m['segment_ms']:.2f} ms | <= 10 ms |
 
-The flow (Prefect + Dask + Parquet), shard size 50, clusters started before the clock, against
-the single-process loop (the same shards in this process); median of {args.repeats} runs of each,
-interleaved (loop, 1 worker, 2 workers, again), since this machine is shared:
-
-| run | seconds for {n} images | images/s | vs. single-process loop |
-|---|---|---|---|
-| single-process loop | {loop_total:.1f} | {n / loop_total:.1f} | 1.00x |
-| flow, 1 worker | {flows[1]:.1f} | {n / flows[1]:.1f} | {speed1:.2f}x |
-| flow, 2 workers | {flows[2]:.1f} | {n / flows[2]:.1f} | {speed2:.2f}x (target >= 1.7x) |
-
-Every run, seconds: {"; ".join(f"{'loop' if k == 'loop' else f'{k} worker' + ('s' if k == 2 else '')} "
-                               + ", ".join(f"{v:.1f}" for v in vs) for k, vs in flows["runs"].items())}.
-
-Flow start-up (a Prefect flow run, a new local Dask cluster, its worker's imports and landmark
-detector, one image): {flows['startup_s']:.1f} s.
-
-Projection: FFHQ's 70,000 images on a 64-core cluster at the measured 2-worker cost
-({per_image_2 * 1000:.0f} core-ms per image): about {ffhq_hours * 60:.1f} minutes, plus start-up.
+Projection: FFHQ's 70,000 images on a 64-core Dask cluster at the measured per-image cost of the
+2,000-face run ({per_image * 1000:.0f} core-ms per image, start-up taken off) plus one start-up:
+about {ffhq_minutes:.0f} minutes.
 """
     write_section("bench-preprocess", body)
     print(body)

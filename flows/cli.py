@@ -138,7 +138,7 @@ def preprocess(
     """Detect, align, mask and pair faces into Parquet shards for training (the preprocess-ffhq flow)."""
     from flows.pipeline import preprocess_ffhq
     from flows.preprocess import plan
-    from flows.runtime import prefect_api
+    from flows.runtime import early_cluster, prefect_api
 
     for label, p in (("--pairs", pairs), ("--identities", identities), ("--mask-templates", mask_templates)):
         if p is not None and not p.exists():
@@ -147,7 +147,8 @@ def preprocess(
         images, _ = plan(input_dir, shard_size, limit)
     except FileNotFoundError:
         _fail(f"input folder {input_dir} does not exist")
-    with _fatal_errors(), prefect_api(), _ShardProgress(output_dir, len(images)):
+    early = early_cluster(workers, len(images), "tasks.preprocess") if not dask_address else contextlib.nullcontext()
+    with _fatal_errors(), early, prefect_api(), _ShardProgress(output_dir, len(images)):
         summary = preprocess_ffhq(
             input_dir=input_dir, output_dir=output_dir, size=size, shard_size=shard_size,
             val_percent=val_percent, pairs=str(pairs) if pairs else None,
@@ -247,7 +248,7 @@ def folder(
 ):
     """Unmask a folder of photos: full-size results, masks, a manifest and an HTML report (unmask-folder)."""
     from flows.folder import check_inputs, unmask_folder
-    from flows.runtime import prefect_api
+    from flows.runtime import early_cluster, prefect_api
     from tasks.folder import plan
 
     try:
@@ -269,7 +270,10 @@ def folder(
                       reference=str(reference) if reference else None, pairs=str(pairs) if pairs else None,
                       model=model, method=method, overwrite=overwrite, masks=str(masks) if masks else None,
                       assume_masked=assume_masked)
-        with prefect_api():
+        todo = sum(1 for i in items if not i.get("status"))
+        early = early_cluster(workers, todo, "tasks.unmask") if not (dask_address or dry_run) \
+            else contextlib.nullcontext()
+        with early, prefect_api():
             if dry_run:
                 stdout.print_json(json.dumps(unmask_folder(**params, dry_run=True)))
                 return
@@ -346,7 +350,11 @@ def evaluate(
 
 
 def main() -> None:
-    sys.exit(app())
+    try:
+        sys.exit(app())
+    except KeyboardInterrupt:  # Ctrl-C: the clusters and servers this run started are stopped on the way out
+        console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

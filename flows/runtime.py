@@ -6,6 +6,7 @@ inside the functions that use them.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from pathlib import Path
 
@@ -120,15 +121,62 @@ def in_worker(fn, kwargs: dict):
     return fn(**kwargs)
 
 
+_EARLY: dict[int, object] = {}  # workers -> a Future of (cluster, client) started ahead of the run
+
+
+def _start_local(workers: int, preload: str | None):
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(**local_cluster_kwargs(workers))
+    client = Client(cluster)
+    if preload:  # the workers import the unit's module (MediaPipe, OpenCV, ...) while nothing waits on them
+        client.run(importlib.import_module, preload)
+    return cluster, client
+
+
+@contextlib.contextmanager
+def early_cluster(workers: int | None, inputs: int, preload: str | None = None):
+    """Start the local cluster a run will use in the background now, so that it starts while the
+    Prefect API does (each takes seconds); `dask_client` takes it over. Nothing starts for a run
+    that will do its one unit in this process. Whatever was not taken over is stopped on the way out."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = min(workers or os.cpu_count() or 1, inputs)
+    if n <= 1:
+        yield
+        return
+    pool = ThreadPoolExecutor(1)
+    _EARLY[n] = pool.submit(_start_local, n, preload)
+    try:
+        yield
+    finally:
+        future = _EARLY.pop(n, None)
+        pool.shutdown(wait=True)
+        if future is not None and future.exception() is None:
+            cluster, client = future.result()
+            client.close()
+            cluster.close()
+
+
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, address: str | None = None):
     """A Dask client: on an existing cluster at `address`, or on a local one (processes, one
-    thread each) of `workers` processes (default: one per core)."""
+    thread each) of `workers` processes (default: one per core), the one `early_cluster` started
+    when there is one."""
     from distributed import Client, LocalCluster
 
     if address:
         with Client(address) as client:
             yield client
+        return
+    early = _EARLY.pop(workers or os.cpu_count() or 1, None)
+    if early is not None:
+        cluster, client = early.result()
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
         return
     with LocalCluster(**local_cluster_kwargs(workers)) as cluster, Client(cluster) as client:
         yield client

@@ -1,0 +1,62 @@
+"""Ctrl-C leaves nothing behind: no Dask worker, nanny, scheduler or Prefect server outlives the command."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from tests.servers import BIN
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    try:
+        return {p.pid: " ".join(p.cmdline()[:3]) for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["preprocess", "folder"])
+def test_ctrl_c_leaves_no_process_behind(command, tmp_path, masked_astronaut):
+    from PIL import Image
+
+    from tasks.fixtures import write_demo_faces
+
+    inputs = tmp_path / "in"
+    if command == "preprocess":
+        write_demo_faces(inputs, n=40)
+    else:
+        inputs.mkdir()
+        for i in range(40):
+            Image.fromarray(masked_astronaut[0]).save(inputs / f"p{i:02d}.png")
+    env = {**os.environ, "UNMASK_HOME": str(tmp_path / "home")}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [str(BIN / "unmask"), command, str(inputs), str(tmp_path / "out"), "--workers", "2"]
+    if command == "folder":
+        args += ["--method", "paste"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal gives a command
+    seen: dict[int, str] = {}
+    deadline = time.time() + 240
+    # wait until the run is at work: the server and both Dask workers up (a scheduler, nannies, workers)
+    while time.time() < deadline and proc.poll() is None:
+        seen.update(_descendants(proc.pid))
+        if len(seen) >= 5 and (tmp_path / "out").exists():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    time.sleep(1.0)
+    seen.update(_descendants(proc.pid))
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err, err[-3000:]
+    time.sleep(1.0)
+    alive = {pid: cmd for pid, cmd in seen.items() if psutil.pid_exists(pid)
+             and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE}
+    assert not alive, alive
