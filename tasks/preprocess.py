@@ -28,7 +28,7 @@ from tasks.reference import reference_crop, synthetic_reference_crop, warp_onto_
 from tasks.regions import mask_region
 from tasks.render import RENDER_VERSION, load_templates, render_mask
 from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
-from tasks.segment import segment_kmeans, segment_mask
+from tasks.segment import segment_mask
 from tasks.timing import lap
 from tasks.unmask import grow_hole
 
@@ -103,8 +103,6 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
     templates = load_templates(opts.mask_templates) if opts.mask_templates else None
     masked, rendered = render_mask(face, lm[:, :2], rng, templates)
     s = lap(clock, "render", s)
-    segmented = segment_kmeans(masked, lm[:, :2], seed=int(iid[:6], 16))
-    s = lap(clock, "segment", s)
     # What inference sees of this face: FaceMesh on the masked face (it guesses the lower face)
     # and the mask the default segmenter finds there. Where FaceMesh misses the masked face, the
     # bare face's landmarks stand in (such a photo would be `no-face` at inference).
@@ -136,7 +134,6 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
         "reference_warped_raw": encode_png(warped.raw),
         "mask_region": encode_png(region),
         "mask_rendered": encode_png(rendered),
-        "mask_segmented": encode_png(segmented),
         "mask_found": encode_png(found),
         "reference_valid": encode_png(warped.valid),
         "generic_warped": encode_png(generic.matched),

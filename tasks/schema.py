@@ -1,6 +1,8 @@
 """The explicit Parquet schema of preprocessed shards (a contract: readers check the version).
 
-Version 3 (this one) adds `generic_warped` and `generic_valid`: the generic reference (the average
+Version 3 (this one) drops `mask_segmented` (the paper's k-means segmentation, superseded by
+`mask_found`, the default segmenter's mask: no work done twice) and adds `generic_warped` and
+`generic_valid`: the generic reference (the average
 face of `tasks.generic`) warped onto the same face the same way, colour-matched, and where it
 covers the face. Training gives it to a share of rows in place of their own reference, so one
 model serves photos with and without a second photo of the person (inference warps the same
@@ -31,7 +33,6 @@ SHARD_SCHEMA = pa.schema(
         pa.field("reference_warped_raw", pa.binary(), nullable=False),
         pa.field("mask_region", pa.binary(), nullable=False),
         pa.field("mask_rendered", pa.binary(), nullable=False),
-        pa.field("mask_segmented", pa.binary(), nullable=False),
         pa.field("mask_found", pa.binary(), nullable=False),
         pa.field("reference_valid", pa.binary(), nullable=False),
         pa.field("generic_warped", pa.binary(), nullable=False),

@@ -10,6 +10,9 @@ def pin_threads(n: int = 1) -> None:
     import cv2  # this module is imported before numpy and at `unmask` start-up: OpenCV only when pinning
 
     cv2.setNumThreads(n)
+    from threadpoolctl import threadpool_limits  # BLAS already loaded: THREAD_ENV came too late for it
+
+    threadpool_limits(n)
     try:
         import torch  # as above, and optional here
 

@@ -89,7 +89,7 @@ def test_flow_local_cluster_rows_rejects_schema_and_rerun(tmp_path, prefect_serv
     assert row["id"] == image_id(row["source"])
     for col in ("image", "masked", "reference_warped", "reference_warped_raw"):
         assert decode_png(row[col]).shape == (128, 128, 3)
-    for col in ("mask_region", "mask_rendered", "mask_segmented", "reference_valid"):
+    for col in ("mask_region", "mask_rendered", "mask_found", "reference_valid", "generic_valid"):
         m = decode_png(row[col], grey=True)
         assert m.shape == (128, 128) and set(np.unique(m)) <= {0, 255}
     assert len(row["landmarks"]) == 956 and len(row["align_matrix"]) == 6
