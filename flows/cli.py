@@ -350,11 +350,25 @@ def evaluate(
 
 
 def main() -> None:
+    import os
+    import signal
+
     try:
-        sys.exit(app())
-    except KeyboardInterrupt:  # Ctrl-C: the clusters and servers this run started are stopped on the way out
+        app()
+        code = 0
+    except SystemExit as exc:  # typer turns Ctrl-C (KeyboardInterrupt) into exit code 130
+        code = exc.code
+    except KeyboardInterrupt:
+        code = 130
+    if code == 130:
+        # Ctrl-C: the clusters and servers this run started were stopped on the way here (their
+        # context managers); leave at once rather than wait on threads the interrupt cut short
         console.print("[yellow]interrupted[/]: finished work is kept; run the same command again to resume")
-        sys.exit(130)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the work is done: a late Ctrl-C must not break the exit
+    sys.exit(code)
 
 
 if __name__ == "__main__":

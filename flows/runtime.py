@@ -40,20 +40,52 @@ def prefect_api():
     if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
         yield PREFECT_API_URL.value() or os.environ["PREFECT_API_URL"]
         return
-    from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_HOME
 
     Path(PREFECT_HOME.value()).expanduser().mkdir(parents=True, exist_ok=True)  # its database lives there
-    server = SubprocessASGIServer()
+    server = _own_session_server()
     server.start(timeout=120)
+    interrupted = False
     try:
         os.environ["PREFECT_API_URL"] = server.api_url  # inherited by local Dask workers
         with temporary_settings(updates={PREFECT_API_URL: server.api_url, "flows.heartbeat_frequency": None}):
             yield server.api_url
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        _drain_prefect_services()
+        if not interrupted:  # after Ctrl-C the server got the signal too: nothing would take the logs
+            _drain_prefect_services()
         os.environ.pop("PREFECT_API_URL", None)
         server.stop()
+
+
+def _own_session_server():
+    """Prefect's temporary API server, started in a session of its own: Ctrl-C in the terminal
+    (SIGINT to the foreground process group) must reach this process, which then records the
+    run as crashed and stops the server, and not kill the server first (the run would then retry
+    its last state change against a dead server for minutes)."""
+    import subprocess
+    import sys
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    class OwnSessionServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self):
+            # Prefect 3.8's own command (prefect/server/api/server.py), plus start_new_session
+            import prefect
+            from prefect.settings import get_current_settings
+
+            return subprocess.Popen(
+                args=[sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent), "--factory",
+                      "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                      "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1",
+                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+                start_new_session=True)
+
+    return OwnSessionServer()
 
 
 def _drain_prefect_services(timeout: float = 30.0) -> None:
@@ -87,6 +119,7 @@ DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD
 # The nanny's memory check (which restarts a worker over its limit) runs every 0.5 s, not 0.1 s.
 LOCAL_DASK_CONFIG = {
     **DASK_WORKER_CONFIG,
+    "distributed.worker.preload": ["flows.dask_preload"],  # Ctrl-C is the command's to handle
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
@@ -205,6 +238,9 @@ def run_units(fn, calls: list[dict], name: str, workers: int | None = None, addr
     to the Prefect API, the workers only compute. A run with a single unit and no cluster asked
     for runs in this process (no cluster to start), as does a run on one local worker.
     """
+    import threading
+
+    import distributed
     from prefect import task
     from prefect.futures import as_completed
     from prefect.task_runners import ThreadPoolTaskRunner
@@ -219,12 +255,28 @@ def run_units(fn, calls: list[dict], name: str, workers: int | None = None, addr
         return
     with dask_client(None if address else local_workers, address) as client:
         width = IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info().get("workers", {})), 1)
+        submitted = []
+        stop = threading.Event()
 
         @task(name=name, retries=retries, retry_delay_seconds=1)
         def unit(params: dict):
-            return client.submit(in_worker, fn, params, pure=False).result()
+            if stop.is_set():
+                raise RuntimeError("the run was stopped")
+            work = client.submit(in_worker, fn, params, pure=False)
+            submitted.append(work)
+            while True:  # waiting in steps, so a stopped run's task threads end within a second
+                try:
+                    return work.result(timeout=1)
+                except distributed.TimeoutError:
+                    if stop.is_set():
+                        raise RuntimeError("the run was stopped") from None
 
         with ThreadPoolTaskRunner(max_workers=min(width, len(calls))) as runner:
             futures = [runner.submit(unit, {"params": params}) for params in calls]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:  # Ctrl-C or a failed unit: the units still queued must not run on
+                stop.set()  # task runs not yet started fail at once; those waiting end within a second
+                client.cancel(submitted, force=True)
+                raise
