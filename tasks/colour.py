@@ -35,8 +35,9 @@ def match_colour(reference: np.ndarray, target: np.ndarray, landmarks: np.ndarra
     r, t = r[keep], t[keep]
     r_mu, r_sd = r.mean(0), r.std(0) + 1e-3
     t_mu, t_sd = t.mean(0), t.std(0) + 1e-3
-    # Limit the spread ratio: a ring in shadow must not blow up the reference's contrast.
-    gain = np.clip(t_sd / r_sd, 0.5, 2.0)
+    # Limit the spread ratio: a ring in shadow must not blow up the reference's contrast. Colour
+    # (a, b) may shrink all the way: a colour reference on a black-and-white photo goes grey.
+    gain = np.clip(t_sd / r_sd, [0.5, 0.0, 0.0], 2.0)
     out = (ref_lab - r_mu) * gain + t_mu
     rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)

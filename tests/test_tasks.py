@@ -191,3 +191,17 @@ def test_generator_fill_is_never_a_flat_block_where_the_reference_does_not_reach
     flat[uncovered] = 128
     assert psnr(result, face, uncovered) > psnr(flat, face, uncovered) + 3
     assert result[uncovered].std(axis=0).mean() > 3  # not one colour
+
+
+def test_a_colour_reference_on_a_black_and_white_photo_goes_grey(astronaut_face):
+    """Colour matching moves the reference's chroma spread to the target's: none on a grey photo."""
+    import cv2
+
+    from tasks.colour import match_colour
+
+    face, lm, _ = astronaut_face
+    grey = cv2.cvtColor(cv2.cvtColor(face, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    hole = mask_region(lm, face.shape)
+    out = match_colour(face, grey, lm, hole).astype(int)
+    assert (out.max(axis=2) - out.min(axis=2)).mean() < 3  # grey, as the photo
+    assert (face.astype(int).max(axis=2) - face.astype(int).min(axis=2)).mean() > 20  # the reference was not
