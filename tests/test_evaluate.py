@@ -86,6 +86,7 @@ def evaluated(built, tmp_path_factory):
     with open(out / "scores.csv", newline="") as f:
         scores = list(csv.DictReader(f))
     return {"cases": built, "out": out, "home": home, "output": result.output, "scores": scores,
+            "sheet_size": Image.open(out / "contact-sheet.png").size,  # before a later test rewrites it
             "summary": json.loads((out / "summary.json").read_text()),
             "benchmarks_before": before, "benchmarks_after": _hash(benchmarks)}
 
@@ -136,8 +137,8 @@ def test_every_case_is_scored_for_every_method(evaluated):
         assert summary["methods"][method]["n"] == len(cases)
         assert (evaluated["out"] / method / "manifest.csv").is_file()
     assert summary["cases"] == len(cases)
-    sheet = Image.open(evaluated["out"] / "contact-sheet.png")  # input, hole, every method, truth
-    assert sheet.size[0] == 128 * (len(METHODS) + 3) and sheet.size[1] > 128 * 2
+    sheet = evaluated["sheet_size"]  # input, hole, every method, truth
+    assert sheet[0] == 128 * (len(METHODS) + 3) and sheet[1] > 128 * 2
     # no registry in this UNMASK_HOME: the shipped model was scored, and the summary says so
     assert summary["model"]["uri"] == "shipped:unmask-small" and "share-alike" in summary["model"]["notice"]
     assert re.search(r"paste\s.*\d+\.\d\d", evaluated["output"])  # the table
