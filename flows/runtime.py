@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 from pathlib import Path
 
@@ -277,6 +278,9 @@ def run_units(fn, calls: list[dict], name: str, workers: int | None = None, addr
                 for future in as_completed(futures):
                     yield future.result()
             except BaseException:  # Ctrl-C or a failed unit: the units still queued must not run on
+                # the cluster's teardown after an interrupt logs broken connections with tracebacks
+                # that tell a user nothing: only its critical messages from here on
+                logging.getLogger("distributed").setLevel(logging.CRITICAL)
                 stop.set()  # task runs not yet started fail at once; those waiting end within a second
                 client.cancel(submitted, force=True)
                 raise
