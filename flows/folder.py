@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 
-from flows.runtime import run_units, worker_count
+from flows.runtime import run_units, split_units, worker_count
 from tasks.folder import (BASELINES, METHODS, FolderOptions, partition, plan, process_items, summarise,
                           write_manifest, write_summary)
 from tasks import storage
@@ -108,10 +108,7 @@ def unmask_folder(
                     {"input": r["input"], "reason": r["reason"]} for r in preset],
                 "method": method, "model_uri": opts.model_uri}
     log.info("%d photos (%d answered without reading) into %s", len(items), len(preset), output_dir)
-    # units of work: about four per worker (so every worker gets some and none waits long at the
-    # end), at most shard_size photos each
-    size = max(1, min(shard_size, -(-len(work) // (4 * worker_count(workers, dask_address)))))
-    shards = [work[i:i + size] for i in range(0, len(work), size)]
+    shards = split_units(work, worker_count(workers, dask_address), shard_size)
     rows = list(preset)
     if shards:
         rows += _run_shards(shards, opts, workers, dask_address)

@@ -11,19 +11,17 @@ holding an input no longer in the folder, are removed first and their other inpu
 """
 from __future__ import annotations
 
-import math
 import time
 
 import pyarrow.parquet as pq
 from prefect import get_run_logger
 
-from flows.runtime import run_units, worker_count
+from flows.runtime import run_units, split_units, worker_count
 from tasks import storage
 from tasks.images import list_inputs
 from tasks.preprocess import (Options, merge_rejects, options_hash, process_shard, read_identities_csv,
                               read_pairs_csv)
 
-UNITS_PER_WORKER = 4
 
 
 def plan(input_dir: str, shard_size: int, limit: int | None) -> tuple[list[str], list[str]]:
@@ -33,11 +31,8 @@ def plan(input_dir: str, shard_size: int, limit: int | None) -> tuple[list[str],
 
 
 def split(inputs: list[str], workers: int, shard_size: int) -> list[list[str]]:
-    """Units of work: about UNITS_PER_WORKER per worker, at most shard_size inputs each."""
-    if not inputs:
-        return []
-    size = max(1, min(shard_size, math.ceil(len(inputs) / (UNITS_PER_WORKER * max(workers, 1)))))
-    return [inputs[i:i + size] for i in range(0, len(inputs), size)]
+    """Units of work of inputs (`flows.runtime.split_units`), at most shard_size inputs each."""
+    return split_units(inputs, workers, shard_size)
 
 
 def done_shards(output_dir: str) -> dict[int, dict]:

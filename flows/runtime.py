@@ -227,6 +227,18 @@ def worker_count(workers: int | None = None, address: str | None = None) -> int:
     return workers or os.cpu_count() or 1
 
 
+UNITS_PER_WORKER = 4
+
+
+def split_units(items: list, workers: int, cap: int) -> list[list]:
+    """Units of work: about UNITS_PER_WORKER per worker (every worker gets some, none waits long at
+    the end), at most `cap` items each."""
+    if not items:
+        return []
+    size = max(1, min(cap, -(-len(items) // (UNITS_PER_WORKER * max(workers, 1)))))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
 IN_FLIGHT_PER_WORKER = 2  # units queued on Dask per worker: one running, one waiting behind it
 
 
