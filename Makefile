@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?=
 SHARED ?= ../shared/data
 
-.PHONY: install system-deps demo test model bench bench-geometry bench-preprocess bench-segment bench-train bench-folder bench-evaluate lock clean
+.PHONY: install system-deps demo test model bench bench-geometry bench-preprocess bench-segment bench-train bench-folder bench-evaluate bench-sharpness lock clean
 
 install: $(STAMP)
 
@@ -44,11 +44,16 @@ model: install
 	  --val-cases 96 --run-dir $(MODEL_WORK)/run
 	$(BIN)/python -m flows.recipe export $(MODEL_WORK)/run --command "make model MODEL_STEPS=$(MODEL_STEPS)"
 
-bench: bench-geometry bench-segment bench-preprocess bench-train bench-folder bench-evaluate
+bench: bench-geometry bench-segment bench-preprocess bench-train bench-folder bench-evaluate bench-sharpness
 
 # Hidden landmarks per fit, paste PSNR, mask presence and coverage; contact sheet in out/bench-geometry/.
 bench-geometry: install
 	$(BIN)/python -m benchmarks.bench_geometry --data $(SHARED)
+
+# The fill's sharpness on large photos beside the paste and the crop-and-upscale path; contact sheet
+# of 1:1 crops in out/bench-sharpness/.
+bench-sharpness: install
+	$(BIN)/python -m benchmarks.bench_sharpness --data $(SHARED)
 
 bench-segment: install
 	$(BIN)/python -m benchmarks.bench_segment --data $(SHARED)
