@@ -136,6 +136,9 @@ def preprocess(
     train: bool = typer.Option(False, "--train", help="Start training on the shards when done."),
 ):
     """Detect, align, mask and pair faces into Parquet shards for training (the preprocess-ffhq flow)."""
+    from flows import server
+
+    server.start_soon()  # the kept Prefect server starts while the modules below import
     from flows.pipeline import preprocess_ffhq
     from flows.preprocess import plan
     from flows.runtime import early_cluster, prefect_api
@@ -247,6 +250,9 @@ def folder(
                                                                       "mask/no-mask decision."),
 ):
     """Unmask a folder of photos: full-size results, masks, a manifest and an HTML report (unmask-folder)."""
+    from flows import server
+
+    server.start_soon()  # the kept Prefect server starts while the modules below import
     from flows.folder import check_inputs, unmask_folder
     from flows.runtime import early_cluster, prefect_api
     from tasks.folder import plan
@@ -347,6 +353,44 @@ def evaluate(
     console.print(f"scores in [bold]{output_dir / 'scores.csv'}[/], summary [bold]{output_dir / 'summary.json'}[/]"
                   f", MLflow run {summary.get('mlflow_run_id')}"
                   + (", BENCHMARKS.md section `evaluate` written" if write_benchmarks else ""))
+
+
+server_app = typer.Typer(help="The local Prefect API server that runs reuse (stops by itself after "
+                                "UNMASK_SERVER_IDLE seconds unused, default 600; 0: a temporary one per run).",
+                         no_args_is_help=True)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Say whether a kept server runs, and where."""
+    from flows import server
+
+    state = server.status()
+    if state is None:
+        stdout.print("no local Prefect server runs (the next run starts one)")
+        raise typer.Exit(3)
+    stdout.print(f"local Prefect server at {state['url']} (process {state['pid']}; stops after "
+                 f"{state['idle']:.0f} s unused)")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start the kept server now (runs start it themselves when needed)."""
+    from flows import server
+
+    with _fatal_errors(), server.kept_server() as url:
+        stdout.print(f"local Prefect server at {url}")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the kept server now."""
+    from flows import server
+
+    pid = server.stop()
+    stdout.print("no local Prefect server was running" if pid is None else f"stopped the local Prefect server "
+                 f"(process {pid})")
 
 
 def main() -> None:

@@ -24,15 +24,17 @@ def quiet_prefect_env(level: str = "WARNING") -> None:
 
 @contextlib.contextmanager
 def prefect_api():
-    """Use PREFECT_API_URL when set; otherwise start one local API server for this run.
+    """Use PREFECT_API_URL when set; otherwise the local API server kept between runs
+    (`flows.server`, started when none runs), or with UNMASK_SERVER_IDLE=0 a temporary one.
 
     Prefect's ephemeral mode would start a temporary server inside every Dask worker
     process (tens of seconds each); one server shared through the settings avoids that.
 
-    Flow runs against that temporary server send no heartbeats. Heartbeats let a lasting server
-    mark a run whose process died as crashed; this one stops with the run, so nothing can act on
-    them. And they cost every flow run up to a second: Prefect stops the heartbeat thread by
-    joining it, and the thread sleeps in one-second steps (runs ended on whole seconds).
+    Flow runs against a local server send no heartbeats. Heartbeats let a server mark a run whose
+    process died as crashed, but a local server runs Prefect's ephemeral services only, and
+    nothing there acts on them. And they cost every flow run up to a second: Prefect stops the
+    heartbeat thread by joining it, and the thread sleeps in one-second steps (runs ended on
+    whole seconds).
     """
     quiet_prefect_env()
     os.environ.setdefault("PREFECT_HOME", str(unmask_home() / "prefect"))
@@ -44,20 +46,35 @@ def prefect_api():
     from prefect.settings import PREFECT_HOME
 
     Path(PREFECT_HOME.value()).expanduser().mkdir(parents=True, exist_ok=True)  # its database lives there
+    from flows import server as kept
+
+    if kept.idle_seconds() > 0:  # the local server kept between runs (flows/server.py)
+        api = kept.kept_server()
+    else:
+        api = _temporary_server()
+    interrupted = False
+    with api as url:
+        try:
+            os.environ["PREFECT_API_URL"] = url  # inherited by local Dask workers
+            with temporary_settings(updates={PREFECT_API_URL: url, "flows.heartbeat_frequency": None}):
+                yield url
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            if not interrupted:  # after Ctrl-C: out at once (the temporary server got the signal too)
+                _drain_prefect_services()
+            os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextlib.contextmanager
+def _temporary_server():
+    """Prefect's temporary server for this run only (UNMASK_SERVER_IDLE=0)."""
     server = _own_session_server()
     server.start(timeout=120)
-    interrupted = False
     try:
-        os.environ["PREFECT_API_URL"] = server.api_url  # inherited by local Dask workers
-        with temporary_settings(updates={PREFECT_API_URL: server.api_url, "flows.heartbeat_frequency": None}):
-            yield server.api_url
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
+        yield server.api_url
     finally:
-        if not interrupted:  # after Ctrl-C the server got the signal too: nothing would take the logs
-            _drain_prefect_services()
-        os.environ.pop("PREFECT_API_URL", None)
         server.stop()
 
 

@@ -38,6 +38,35 @@ def unmask_home(tmp_path, monkeypatch):
     return home
 
 
+def kept_servers(under: Path) -> list:
+    """The kept local Prefect servers (flows/server.py) whose UNMASK_HOME lies under `under`."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if p.info["cmdline"] and "flows.server" in p.info["cmdline"] and \
+                    str(p.environ().get("UNMASK_HOME", "")).startswith(str(under)):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_kept_server_outlives_its_test(tmp_path, monkeypatch):
+    """Runs keep a local Prefect server between them (flows/server.py), in the test's own home:
+    stopped when the test ends, and by itself soon after in any case."""
+    monkeypatch.setenv("UNMASK_SERVER_IDLE", "60")
+    yield
+    for p in kept_servers(tmp_path):
+        p.terminate()
+        try:
+            p.wait(10)
+        except Exception:  # noqa: BLE001
+            p.kill()
+
+
 MLFLOW_ENV = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}  # as the session began
 
 
