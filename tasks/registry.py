@@ -317,11 +317,14 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
 @functools.lru_cache(maxsize=2)
 def load_generator(uri: str, tracking_uri: str):
     """(generator in eval mode, torch device, crop size it was trained at): loaded once per process."""
+    from tasks.threads import pin_torch
+
     if uri.startswith("shipped:"):  # no MLflow: the weights and their card
         import torch
 
         from model import shipped
 
+        pin_torch()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         generator, card = shipped.load(device)
         return generator, torch.device(device), int(card["size"])
@@ -330,4 +333,5 @@ def load_generator(uri: str, tracking_uri: str):
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    pin_torch()
     return wrapper.generator, wrapper.device, int(wrapper.config.get("size", 256))
