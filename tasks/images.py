@@ -105,16 +105,20 @@ def load_rgb(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, min_side: in
     return _to_rgb_array(open_image(data, max_pixels, min_side))
 
 
+# OpenCV's own PNG default: fastest level with zlib's run-length strategy. Naming a compression level
+# (even 1, with the RLE strategy after it) turns the strategy back to zlib's default in OpenCV 4.11:
+# measured on 256 px faces, 3.8 ms per RGB encode and 0.51 ms per mask that way, 2.0 and 0.10 ms
+# with no parameters (7 % larger RGB, the same masks), and decoding 1.3 against 2.1 ms.
+PNG_FAST: list[int] = []
+
+
 def encode_png(arr: np.ndarray) -> bytes:
     """PNG bytes of an 8-bit RGB or single-channel array (cv2: faster than Pillow)."""
     import cv2  # OpenCV: a tenth of a second to import, and `unmask --help` imports this module
 
     if arr.ndim == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    # level 1 with zlib's run-length strategy: faster than plain level 1 and smaller (masks: twice
-    # as fast, a third smaller), lossless as any PNG
-    ok, buf = cv2.imencode(".png", arr, [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY,
-                                         cv2.IMWRITE_PNG_STRATEGY_RLE])
+    ok, buf = cv2.imencode(".png", arr, PNG_FAST)
     if not ok:
         raise ValueError("PNG encoding failed")
     return buf.tobytes()
