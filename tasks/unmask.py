@@ -25,7 +25,7 @@ from tasks.generic import generic_reference
 from tasks.images import MAX_PIXELS, PNG_FAST, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
 from tasks.presence import has_mask
-from tasks.regions import face_region
+from tasks.regions import face_region, grow
 from tasks.reference import reference_crop, warp_onto_face, warp_onto_landmarks
 from tasks.segment import mask_probability, segment_mask
 from tasks.timing import lap
@@ -241,8 +241,7 @@ def match_grain(region: np.ndarray, weight: np.ndarray, face: np.ndarray, side: 
         return
     k = max(3, int(GRAIN_RING * side) | 1)
     near = cv2.dilate((weight > 0).astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
-    ring = (cv2.dilate(inside.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0) \
-        & ~near & (face > 0)
+    ring = (grow(inside, k) > 0) & ~near & (face > 0)
     if ring.sum() < 50:
         return
     grey = cv2.cvtColor(region, cv2.COLOR_RGB2GRAY).astype(np.float32)
@@ -401,7 +400,7 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, given: np.ndarray | No
 def grow_hole(found: np.ndarray, side: int | None = None) -> np.ndarray:
     """The found mask grown by HOLE_GROW_FRAC of the face's square side (the crop's by default)."""
     k = max(3, int(HOLE_GROW_FRAC * (side or found.shape[0])) | 1)
-    return cv2.dilate(found, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return grow(found, k)
 
 
 def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -454,7 +453,7 @@ def feather(hole: np.ndarray, side: int | None = None) -> np.ndarray:
     """Blend weight at crop resolution: 1 on the hole, falling off over FEATHER_FRAC of the face's
     square side (the crop's by default) outside it, exactly 0 beyond."""
     k = max(3, int(FEATHER_FRAC * (side or hole.shape[0])) | 1)
-    grown = cv2.dilate(hole, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+    grown = grow(hole, k) > 0
     weight = cv2.GaussianBlur(grown.astype(np.float32), (k, k), 0) * grown
     return np.maximum(weight, (hole > 127).astype(np.float32))
 
