@@ -13,16 +13,37 @@ import cv2
 import numpy as np
 
 RADIUS = 5  # cv2.inpaint's neighbourhood, in pixels
+INPAINT_SIDE = 256  # larger crops (faces filled at a photo's resolution) are inpainted at this size
+
+
+def _inpaint(crop: np.ndarray, hole: np.ndarray, flags: int) -> np.ndarray:
+    """cv2.inpaint, on a copy scaled down to INPAINT_SIDE when larger, and the result scaled back
+    into the hole only. Telea and Navier-Stokes give smooth fills whose detail a 256 px copy
+    holds, and their cost grows with the hole's pixels: 55 ms on a 1,024 px face against 4 ms.
+    The hole is grown by a pixel at the small size, so no mask colour leaks in from its edge."""
+    h = _u8(hole)
+    side = max(crop.shape[:2])
+    if side <= INPAINT_SIDE or not h.any():
+        return cv2.inpaint(crop, h, RADIUS, flags)
+    f = INPAINT_SIDE / side
+    size = (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f)))
+    small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+    small_hole = cv2.dilate(_u8(cv2.resize(h, size, interpolation=cv2.INTER_AREA)), np.ones((3, 3), np.uint8))
+    filled = cv2.resize(cv2.inpaint(small, small_hole, RADIUS, flags), (crop.shape[1], crop.shape[0]),
+                        interpolation=cv2.INTER_LINEAR)
+    out = crop.copy()
+    out[h > 0] = filled[h > 0]
+    return out
 
 
 def telea(crop: np.ndarray, hole: np.ndarray, reference=None, valid=None) -> np.ndarray:
     """cv2.inpaint, Telea's method."""
-    return cv2.inpaint(crop, _u8(hole), RADIUS, cv2.INPAINT_TELEA)
+    return _inpaint(crop, hole, cv2.INPAINT_TELEA)
 
 
 def navier_stokes(crop: np.ndarray, hole: np.ndarray, reference=None, valid=None) -> np.ndarray:
     """cv2.inpaint, the Navier-Stokes method."""
-    return cv2.inpaint(crop, _u8(hole), RADIUS, cv2.INPAINT_NS)
+    return _inpaint(crop, hole, cv2.INPAINT_NS)
 
 
 def paste(crop: np.ndarray, hole: np.ndarray, reference: np.ndarray, valid: np.ndarray) -> np.ndarray:
