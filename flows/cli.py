@@ -150,7 +150,7 @@ def preprocess(
         images, _ = plan(input_dir, shard_size, limit)
     except FileNotFoundError:
         _fail(f"input folder {input_dir} does not exist")
-    early = early_cluster(workers, len(images), "tasks.preprocess") if not dask_address else contextlib.nullcontext()
+    early = early_cluster(workers, len(images), ("tasks.preprocess",)) if not dask_address else contextlib.nullcontext()
     with _fatal_errors(), early, prefect_api(), _ShardProgress(output_dir, len(images)):
         summary = preprocess_ffhq(
             input_dir=input_dir, output_dir=output_dir, size=size, shard_size=shard_size,
@@ -277,7 +277,8 @@ def folder(
                       model=model, method=method, overwrite=overwrite, masks=str(masks) if masks else None,
                       assume_masked=assume_masked)
         todo = sum(1 for i in items if not i.get("status"))
-        early = early_cluster(workers, todo, "tasks.unmask") if not (dask_address or dry_run) \
+        preload = ("tasks.unmask", "torch", "model.networks") if method == "gan" else ("tasks.unmask",)
+        early = early_cluster(workers, todo, preload) if not (dask_address or dry_run) \
             else contextlib.nullcontext()
         with early, prefect_api():
             if dry_run:

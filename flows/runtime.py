@@ -175,25 +175,36 @@ def in_worker(fn, kwargs: dict):
 _EARLY: dict[int, object] = {}  # workers -> a Future of (cluster, client) started ahead of the run
 
 
-def _start_local(workers: int, preload: str | None):
+def _import_all(modules: tuple[str, ...]) -> None:
+    for m in modules:
+        importlib.import_module(m)
+
+
+def _start_local(workers: int, preload: tuple[str, ...]):
     from distributed import Client, LocalCluster
 
     cluster = LocalCluster(**local_cluster_kwargs(workers))
     client = Client(cluster)
-    if preload:  # the workers import the unit's module (MediaPipe, OpenCV, ...) while nothing waits on them
-        client.run(importlib.import_module, preload)
+    if preload:  # the workers import the unit's modules (MediaPipe, OpenCV, torch) while nothing waits on them
+        client.run(_import_all, preload)
     return cluster, client
 
 
 @contextlib.contextmanager
-def early_cluster(workers: int | None, inputs: int, preload: str | None = None):
+def early_cluster(workers: int | None, inputs: int, preload: tuple[str, ...] = ()):
     """Start the local cluster a run will use in the background now, so that it starts while the
-    Prefect API does (each takes seconds); `dask_client` takes it over. Nothing starts for a run
-    that will do its one unit in this process. Whatever was not taken over is stopped on the way out."""
+    Prefect API does (each takes seconds); `dask_client` takes it over. Whatever was not taken over
+    is stopped on the way out. A run that will do its one unit in this process starts no cluster:
+    it imports the unit's modules (`preload`) in a background thread instead, while it imports
+    Prefect and waits for the API (a first run waits seconds for the kept server to start)."""
     from concurrent.futures import ThreadPoolExecutor
 
     n = min(workers or os.cpu_count() or 1, inputs)
     if n <= 1:
+        if preload and inputs:
+            import threading
+
+            threading.Thread(target=_import_all, args=(preload,), daemon=True, name="preload").start()
         yield
         return
     pool = ThreadPoolExecutor(1)
