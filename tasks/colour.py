@@ -25,8 +25,8 @@ def match_colour(reference: np.ndarray, target: np.ndarray, landmarks: np.ndarra
         ring &= reference_valid > 0
     if ring.sum() < MIN_RING_PIXELS:
         return reference.copy()
-    ref_lab, tgt_lab = _lab(reference), _lab(target)
-    r, t = ref_lab[ring], tgt_lab[ring]
+    ref_lab = _lab(reference)
+    r, t = ref_lab[ring], _lab(target[ring][:, None])[:, 0]  # the target is needed on its ring only
     # Mask remnants, hair or a hand on the target's ring are not skin the reference shows: fit on
     # the share of ring pixels whose target-reference difference is most typical.
     diff = t - r
@@ -38,6 +38,8 @@ def match_colour(reference: np.ndarray, target: np.ndarray, landmarks: np.ndarra
     # Limit the spread ratio: a ring in shadow must not blow up the reference's contrast. Colour
     # (a, b) may shrink all the way: a colour reference on a black-and-white photo goes grey.
     gain = np.clip(t_sd / r_sd, [0.5, 0.0, 0.0], 2.0)
-    out = (ref_lab - r_mu) * gain + t_mu
-    rgb = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_LAB2RGB)
+    # (ref - r_mu) * gain + t_mu, in float32 (float64 factors made it four times slower: 22 ms at 1,024 px)
+    out = ref_lab * gain.astype(np.float32)
+    out += (t_mu - r_mu * gain).astype(np.float32)
+    rgb = cv2.cvtColor(out, cv2.COLOR_LAB2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
