@@ -175,7 +175,12 @@ def main() -> None:
         many = megapixel_cases(rendered, args.paste_n, work / "many")
         typed = as_typed(big, many, work, args.data / "faces-bulk")
         print(typed)
-        flows = flow_runs(real, work, model_uri, args.flow_n)
+        try:
+            flows = flow_runs(real, work, model_uri, args.flow_n)
+        finally:
+            from flows import server
+
+            server.stop()  # the Prefect server this process's flow runs kept
         real_rows = sets["real-masked (no reference)"]["per_photo"]
         flows["loop"] = sum(real_rows[p.name] for p in sorted(real.iterdir())[:args.flow_n] if p.name in real_rows)
         print(flows)

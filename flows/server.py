@@ -232,7 +232,10 @@ def serve(idle: float) -> None:
         tmp.replace(state)
         while not server.should_exit:
             time.sleep(WATCH_EVERY)
-            if _idle_for(d) >= idle:
+            try:
+                if _idle_for(d) >= idle:
+                    server.should_exit = True
+            except OSError:  # its home was deleted: no run can find this server any more
                 server.should_exit = True
         with contextlib.suppress(OSError, ValueError):
             if json.loads(state.read_text())["pid"] == os.getpid():

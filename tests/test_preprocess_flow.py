@@ -27,12 +27,16 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def prefect_server():
-    """One Prefect API for the module's flows (and their Dask workers)."""
+def prefect_server(tmp_path_factory):
+    """One Prefect API for the module's flows (and their Dask workers): a temporary one in a home
+    of the module's own (this runs before each test's own UNMASK_HOME is set), stopped with it."""
     from flows.runtime import prefect_api
 
-    with prefect_api() as url:
-        yield url
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNMASK_HOME", str(tmp_path_factory.mktemp("module-home")))
+        mp.setenv("UNMASK_SERVER_IDLE", "0")
+        with prefect_api() as url:
+            yield url
 
 
 def make_input(folder: Path, n_faces: int) -> list[str]:

@@ -132,3 +132,19 @@ def test_a_new_home_starts_from_the_database_template_and_an_old_one_keeps_its_o
         server._from_template()
     assert (new / "prefect" / "prefect.db").read_bytes() == b"template"
     assert (old / "prefect" / "prefect.db").read_bytes() == b"runs of an old home"
+
+
+@pytest.mark.slow
+def test_a_kept_server_whose_home_is_deleted_stops(tmp_path):
+    """Nothing could find or stop it any more (a temporary UNMASK_HOME removed under it)."""
+    import shutil
+
+    home = tmp_path / "home"
+    env = _env(home, 600)
+    assert _unmask("server", "start", env=env).returncode == 0
+    pid = _state(home)["pid"]
+    shutil.rmtree(home / "prefect" / "server")
+    deadline = time.time() + 30
+    while time.time() < deadline and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        time.sleep(0.2)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
