@@ -26,25 +26,47 @@ def _unmask(*args, env):
     return subprocess.run([str(BIN / "unmask"), *map(str, args)], env=env, capture_output=True, text=True, timeout=300)
 
 
+def _paste_one(tmp_path, photo, out: str, env):
+    """`unmask folder` with the paste on a folder of one photo; asserts it succeeded."""
+    inp = tmp_path / "in"
+    if not inp.exists():
+        inp.mkdir()
+        Image.fromarray(photo).save(inp / "masked.png")
+    res = _unmask("folder", inp, tmp_path / out, "--method", "paste", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
 def _state(home) -> dict:
     return json.loads((home / "prefect" / "server" / "state.json").read_text())
+
+
+def _started(home, idle) -> tuple[dict, int]:
+    """`unmask server start` in `home`: (the environment used, the server's pid)."""
+    env = _env(home, idle)
+    assert _unmask("server", "start", env=env).returncode == 0
+    return env, _state(home)["pid"]
+
+
+def _gone(pid: int, within: float = 0.0) -> bool:
+    """Whether the process has ended (or is a zombie), waiting up to `within` seconds for it."""
+    deadline = time.time() + within
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 @pytest.mark.slow
 def test_runs_reuse_the_kept_server_which_shows_them_and_stops_on_request(tmp_path, masked_astronaut):
     home = tmp_path / "home"
     env = _env(home, 120)
-    inp = tmp_path / "in"
-    inp.mkdir()
-    Image.fromarray(masked_astronaut[0]).save(inp / "masked.png")
-    first = _unmask("folder", inp, tmp_path / "out1", "--method", "paste", env=env)
-    assert first.returncode == 0, first.stderr[-3000:]
+    _paste_one(tmp_path, masked_astronaut[0], "out1", env)
     pid = _state(home)["pid"]
     assert psutil.pid_exists(pid)  # kept after the run
     status = _unmask("server", "status", env=env)
     assert status.returncode == 0 and str(pid) in status.stdout
-    second = _unmask("folder", inp, tmp_path / "out2", "--method", "paste", env=env)
-    assert second.returncode == 0, second.stderr[-3000:]
+    _paste_one(tmp_path, masked_astronaut[0], "out2", env)
     assert _state(home)["pid"] == pid  # the same server, not a new one
     assert not list((home / "prefect" / "server" / "leases").iterdir())  # both runs released theirs
     # Prefect shows both runs, finished
@@ -52,7 +74,7 @@ def test_runs_reuse_the_kept_server_which_shows_them_and_stops_on_request(tmp_pa
     assert sorted(r["state_type"] for r in runs) == ["COMPLETED", "COMPLETED"], runs
     stop = _unmask("server", "stop", env=env)
     assert stop.returncode == 0 and str(pid) in stop.stdout
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _gone(pid)
     assert _unmask("server", "status", env=env).returncode == 3
     assert "no local Prefect server was running" in _unmask("server", "stop", env=env).stdout
 
@@ -62,19 +84,14 @@ def test_the_kept_server_stops_by_itself_once_unused_and_not_while_a_run_holds_i
     from flows import server
 
     home = tmp_path / "home"
-    env = _env(home, 2)
-    assert _unmask("server", "start", env=env).returncode == 0
-    pid = _state(home)["pid"]
+    _, pid = _started(home, 2)
     # a live process's lease keeps it up past its idle time
     lease = home / "prefect" / "server" / "leases" / str(os.getpid())
     lease.touch()
     time.sleep(5)
-    assert psutil.pid_exists(pid)
+    assert not _gone(pid)
     lease.unlink()
-    deadline = time.time() + 30
-    while time.time() < deadline and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        time.sleep(0.2)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _gone(pid, within=30)
     assert not (home / "prefect" / "server" / "state.json").exists()
     os.environ["UNMASK_HOME"] = str(home)  # the fixture restores it
     assert server.status() is None
@@ -84,11 +101,7 @@ def test_no_kept_server_with_idle_zero(tmp_path, masked_astronaut):
     """UNMASK_SERVER_IDLE=0: a temporary server per run, nothing left once it ends."""
     home = tmp_path / "home"
     env = _env(home, 0)
-    inp = tmp_path / "in"
-    inp.mkdir()
-    Image.fromarray(masked_astronaut[0]).save(inp / "masked.png")
-    res = _unmask("folder", inp, tmp_path / "out", "--method", "paste", env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _paste_one(tmp_path, masked_astronaut[0], "out", env)
     assert not (home / "prefect" / "server" / "state.json").exists()
     from tests.conftest import kept_servers
 
@@ -140,11 +153,6 @@ def test_a_kept_server_whose_home_is_deleted_stops(tmp_path):
     import shutil
 
     home = tmp_path / "home"
-    env = _env(home, 600)
-    assert _unmask("server", "start", env=env).returncode == 0
-    pid = _state(home)["pid"]
+    _, pid = _started(home, 600)
     shutil.rmtree(home / "prefect" / "server")
-    deadline = time.time() + 30
-    while time.time() < deadline and psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        time.sleep(0.2)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert _gone(pid, within=30)
