@@ -56,14 +56,22 @@ def relight(face: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def reference_crop(photo: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray] | None:
+def reference_crop(photo: np.ndarray, size: int, face: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
     """(aligned crop, its landmarks with depth) of a photo's largest face, or None without a face:
-    how a real reference (a second photo of the person) enters every path."""
-    faces = detect_faces(photo, depth=True)
-    if not faces:
+    how a real reference (a second photo of the person) enters every path. face: its landmarks
+    when already found (`largest_face`), to crop the same photo at another size."""
+    face = largest_face(photo) if face is None else face
+    if face is None:
         return None
-    crop, lm, _ = align_face(photo, faces[0], size)
+    crop, lm, _ = align_face(photo, face, size)
     return crop, lm
+
+
+def largest_face(photo: np.ndarray) -> np.ndarray | None:
+    """FaceMesh landmarks (with depth) of the photo's largest face, or None."""
+    faces = detect_faces(photo, depth=True)
+    return faces[0] if faces else None
 
 
 def synthetic_reference_crop(face: np.ndarray, landmarks: np.ndarray,

@@ -26,7 +26,7 @@ from tasks.images import MAX_PIXELS, PNG_FAST, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
 from tasks.presence import has_mask
 from tasks.regions import face_region, grow
-from tasks.reference import reference_crop, warp_onto_face, warp_onto_landmarks
+from tasks.reference import largest_face, reference_crop, warp_onto_face, warp_onto_landmarks
 from tasks.segment import mask_probability, segment_mask
 from tasks.timing import lap
 
@@ -124,11 +124,21 @@ class PhotoResult:
 def reference_face(data: bytes, size: int, max_pixels: int = MAX_PIXELS):
     """(aligned crop, its landmarks with depth) of a reference photo's largest face, or None:
     cached, as one reference often serves many inputs."""
+    found = _reference_photo(data, max_pixels)
+    return None if found is None else reference_crop(found[0], size, found[1])
+
+
+@functools.lru_cache(maxsize=2)
+def _reference_photo(data: bytes, max_pixels: int):
+    """(pixels, landmarks with depth of its largest face) of a reference photo, or None: decoded and
+    searched once for the analysis crop and again at the face's own size (`at_photo_resolution`).
+    Two kept: a photo's pixels can be tens of megabytes."""
     try:
         photo = _to_rgb_array(open_image(data, max_pixels))
     except Reject:
         return None
-    return reference_crop(photo, size)
+    face = largest_face(photo)
+    return None if face is None else (photo, face)
 
 
 # --- fills -----------------------------------------------------------------------------------------
