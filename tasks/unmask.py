@@ -204,14 +204,20 @@ def compose(job: FaceJob, result: np.ndarray, reference_small: np.ndarray) -> np
     if result.shape[0] == side:
         out = result.copy()
     else:
-        up = cv2.resize(result, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-        ref = job.reference.astype(np.float32)
-        blurred = cv2.resize(reference_small, (side, side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
-        k = max(3, int(0.02 * side) | 1)
-        weight = _soft((job.valid > 0).astype(np.float32), k)[..., None]
-        detail = (ref - blurred) * weight
         out = job.crop.copy()
-        out[hole] = np.clip(up + detail + 0.5, 0, 255).astype(np.uint8)[hole]
+        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+        if len(rows):
+            # the arithmetic on the hole's box only (the resizes are whole, so they place pixels alike)
+            box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+            up = cv2.resize(result, (side, side), interpolation=cv2.INTER_CUBIC)[box].astype(np.float32)
+            ref = job.reference[box].astype(np.float32)
+            blurred = cv2.resize(reference_small, (side, side), interpolation=cv2.INTER_CUBIC)[box].astype(np.float32)
+            k = max(3, int(0.02 * side) | 1)
+            weight = _soft((job.valid > 0).astype(np.float32), k)[box][..., None]
+            up += (ref - blurred) * weight  # the reference's own detail
+            up += 0.5
+            inside = hole[box]
+            out[box][inside] = np.clip(up, 0, 255).astype(np.uint8)[inside]
     job.grain = True  # paste_back matches the photo's grain on this fill
     return out
 
