@@ -73,6 +73,31 @@ def test_tps_is_exact_on_identity_and_maps_landmarks():
     assert np.median(err) < 1.5
 
 
+def test_tps_maps_follow_the_exact_spline_to_the_borders(astronaut_face):
+    """The coarse grid is interpolated, not evaluated per pixel: on a large, non-square image the
+    maps stay within half a pixel of the exact spline, at the image's edges as in its middle."""
+    from tasks.warp import TPS_POINTS, eval_tps, fit_tps
+
+    _, lm, _ = astronaut_face
+    h, w = 1000, 1032
+    target = lm[TPS_POINTS, :2].astype(np.float64) * 4
+    angle = np.deg2rad(8)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    reference = (target - 500) @ rot.T * 0.9 + 480 + np.random.default_rng(0).normal(0, 6, target.shape)
+    mx, my = tps_maps(target, reference, (h, w))
+    assert mx.shape == my.shape == (h, w)
+    ys = np.r_[0, 1, np.arange(2, h - 2, 37), h - 2, h - 1]
+    xs = np.r_[0, 1, np.arange(2, w - 2, 37), w - 2, w - 1]
+    gx, gy = np.meshgrid(xs, ys)
+    scale = float(max(h, w))
+    exact = eval_tps(fit_tps(target / scale, reference / scale), target / scale,
+                     np.stack([gx.ravel(), gy.ravel()], 1) / scale) * scale
+    err = np.hypot(mx[gy, gx].ravel() - exact[:, 0], my[gy, gx].ravel() - exact[:, 1])
+    assert err.max() < 0.5 and err.mean() < 0.05
+    border = (gy.ravel() < 2) | (gy.ravel() >= h - 2) | (gx.ravel() < 2) | (gx.ravel() >= w - 2)
+    assert err[border].max() < 0.5
+
+
 def test_warp_validity_marks_uncovered_pixels(astronaut_face):
     face, lm, _ = astronaut_face
     shifted = lm.copy()
