@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tasks.regions import skin_ring
+from tasks.regions import box_of, skin_ring
 
 MIN_RING_PIXELS = 50
 RING_KEEP_PERCENT = 75
@@ -22,14 +22,9 @@ def _used_box(valid: np.ndarray | None, shape) -> tuple[slice, slice]:
     """The part of the reference anything downstream reads: its valid pixels (the paste, the
     generator's input and the fill's detail all weigh the reference by its validity), with a margin
     for the detail's blur. Converting only this box to Lab and back halves the match on a large face."""
-    h, w = shape[:2]
     if valid is None:
-        return slice(0, h), slice(0, w)
-    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
-    if not len(rows):
-        return slice(0, 0), slice(0, 0)
-    m = max(2, int(0.03 * max(h, w)))
-    return slice(max(rows[0] - m, 0), rows[-1] + m + 1), slice(max(cols[0] - m, 0), cols[-1] + m + 1)
+        return slice(0, shape[0]), slice(0, shape[1])
+    return box_of(valid > 0, max(2, int(0.03 * max(shape[:2])))) or (slice(0, 0), slice(0, 0))
 
 
 def match_colour(reference: np.ndarray, target: np.ndarray, landmarks: np.ndarray, hole: np.ndarray,

@@ -57,6 +57,17 @@ def grow(mask: np.ndarray, k: int) -> np.ndarray:
     return np.where(far <= (k - 1) / 2, 255, 0).astype(np.uint8)
 
 
+def box_of(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice] | None:
+    """(rows, columns) slices of the mask's nonzero pixels' bounding box grown by `margin` and
+    clipped to the image, or None when it has none: work on a large face done where it matters."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    h, w = mask.shape[:2]
+    return (slice(max(rows[0] - margin, 0), min(rows[-1] + margin + 1, h)),
+            slice(max(cols[0] - margin, 0), min(cols[-1] + margin + 1, w)))
+
+
 def skin_ring(landmarks: np.ndarray, hole: np.ndarray, width_frac: float = 0.08) -> np.ndarray:
     """Face skin just around the hole (0/255), where colours of target and reference are compared."""
     h = hole.shape[0]

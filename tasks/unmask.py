@@ -25,7 +25,7 @@ from tasks.generic import generic_reference
 from tasks.images import MAX_PIXELS, PNG_FAST, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
 from tasks.presence import has_mask
-from tasks.regions import face_region, grow
+from tasks.regions import box_of, face_region, grow
 from tasks.reference import largest_face, reference_crop, warp_onto_face, warp_onto_landmarks
 from tasks.segment import mask_probability, segment_mask
 from tasks.timing import lap
@@ -205,10 +205,9 @@ def compose(job: FaceJob, result: np.ndarray, reference_small: np.ndarray) -> np
         out = result.copy()
     else:
         out = job.crop.copy()
-        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
-        if len(rows):
+        box = box_of(hole)
+        if box is not None:
             # the arithmetic on the hole's box only (the resizes are whole, so they place pixels alike)
-            box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
             up = cv2.resize(result, (side, side), interpolation=cv2.INTER_CUBIC)[box].astype(np.float32)
             ref = job.reference[box].astype(np.float32)
             blurred = cv2.resize(reference_small, (side, side), interpolation=cv2.INTER_CUBIC)[box].astype(np.float32)
@@ -435,14 +434,13 @@ def paste_back(photo: Photo, jobs: list[FaceJob], timings: dict) -> tuple[np.nda
         size = j.crop.shape[0]
         inv = cv2.invertAffineTransform(j.matrix)
         wcrop = feather(j.hole, j.side or None)
-        ys, xs = np.nonzero(wcrop.max(axis=1) > 0)[0], np.nonzero(wcrop.max(axis=0) > 0)[0]
-        if not len(ys):
+        box = box_of(wcrop > 0, 1)
+        if box is None:
             continue
         # Only the box around the blend weight goes back (a third of the face's square, or less):
         # the weight is 0 beyond it, so the photo's pixels there stay as they are.
-        box = np.float32([[xs[0] - 1, ys[0] - 1], [xs[-1] + 2, ys[0] - 1], [xs[-1] + 2, ys[-1] + 2],
-                          [xs[0] - 1, ys[-1] + 2]])
-        corners = box @ inv[:, :2].T + inv[:, 2]
+        (r0, r1), (c0, c1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
+        corners = np.float32([[c0, r0], [c1, r0], [c1, r1], [c0, r1]]) @ inv[:, :2].T + inv[:, 2]
         x0, y0 = np.floor(corners.min(0)).astype(int) - 2
         x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)

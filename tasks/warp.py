@@ -45,8 +45,8 @@ def eval_tps(coef: np.ndarray, src: np.ndarray, pts: np.ndarray) -> np.ndarray:
     # squared distances as |p|^2 + |s|^2 - 2 p.s (one matrix product): four times faster than
     # broadcasting the differences, the same values to 1e-13
     d2 = (pts * pts).sum(1)[:, None] + (src * src).sum(1)[None, :] - 2.0 * (pts @ src.T)
-    np.maximum(d2, 1e-300, out=d2)  # r^2 log r^2 -> 0 at r = 0
-    return (d2 * np.log(d2)) @ coef[:n] + coef[n] + pts @ coef[n + 1:]
+    np.maximum(d2, 0.0, out=d2)  # rounding can leave -1e-16 at a control point
+    return _kernel(d2) @ coef[:n] + coef[n] + pts @ coef[n + 1:]
 
 
 def tps_maps(target_pts: np.ndarray, reference_pts: np.ndarray, size: tuple[int, int]):
