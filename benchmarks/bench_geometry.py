@@ -48,6 +48,7 @@ DESCRIBE = {
     "similarity-2d-jaw": "similarity-2d, the chin drawn towards the mask's lower edge",
     "robust-jaw": "robust, the chin drawn towards the mask's lower edge",
     "robust-prior-jaw": "robust-jaw, or the shape model where the reference's shape misfits the visible points",
+    "gated-jaw": "similarity-2d-jaw where the head is turned or tilted against the reference's by at most 12 degrees, robust-jaw beyond",
     "modes": "the reference's shape deformed by the shape model's modes, fitted (robust)",
     "modes-jaw": "modes, the chin drawn towards the mask's lower edge",
     "prior": "no reference: the 3-D face shape model fitted instead (robust)",

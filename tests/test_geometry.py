@@ -44,7 +44,7 @@ def _guessed(truth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return target, hidden
 
 
-@pytest.mark.parametrize("fit", ["similarity-2d", "similarity-3d", "weak-perspective", "robust"])
+@pytest.mark.parametrize("fit", ["similarity-2d", "similarity-3d", "weak-perspective", "robust", "gated"])
 def test_fit_recovers_hidden_points_under_a_similarity(face3d, fit):
     _, ref = face3d
     rot = _rotation(0, 0, 0.2)
@@ -57,7 +57,7 @@ def test_fit_recovers_hidden_points_under_a_similarity(face3d, fit):
     assert np.array_equal(out[~hidden], target[~hidden].astype(np.float32))  # what FaceMesh saw stays
 
 
-@pytest.mark.parametrize("fit", ["weak-perspective", "robust"])
+@pytest.mark.parametrize("fit", ["weak-perspective", "robust", "gated"])
 def test_fit_recovers_hidden_points_of_a_turned_head(face3d, fit):
     """A 3-D rotation (the reference seen from another pose) seen by a scaled orthographic camera."""
     _, ref = face3d
