@@ -68,3 +68,20 @@ def test_ear_loops_are_added_thin():
     assert added[110:126, 180:228].sum() >= 30          # the loop
     assert added.sum() <= 2 * 60                         # and only about as much as its pixels
     assert not added[:, :70].any()                       # neither the far line nor the blob
+
+
+def test_ear_loops_are_grown_thin_the_mask_body_wide():
+    """grow_hole: the mask's body is grown by HOLE_GROW_FRAC (a segmentation a few pixels short
+    would leave a rim), a thin strap leaving it only by HOLE_GROW_THIN_FRAC: grown like the body it
+    carried the fill 7 px either side all along the strap, beyond the mask's grown edge."""
+    from tasks.unmask import grow_hole
+
+    found = np.zeros((256, 256), np.uint8)
+    found[100:190, 80:176] = 255                 # the mask's body
+    found[120:122, 176:236] = 255                # a strap 2 px wide, 60 px long, towards the ear
+    hole = grow_hole(found, 256) > 0
+    assert hole[found > 0].all()                 # every found pixel is in the hole
+    assert hole[100:190, 182].all() and hole[194, 80:176].all()   # the body grown by ~7 px all round
+    assert hole[120:122, 176:236].all()
+    assert not hole[126, 200:236].any() and not hole[116, 200:236].any()  # 5 px off the strap: untouched
+    assert hole[118:124, 200:236].all()          # within 2 px of it: filled
