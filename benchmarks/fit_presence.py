@@ -16,7 +16,10 @@ Training set, built deterministically from the shared data (file names written t
   them wear masks).
 
 Faces are split by file name (`split`): the evaluation split (`benchmarks/bench_presence.py`)
-never reaches the fit. scikit-learn fits (an MLP, chosen over a logistic model by held-out
+never reaches the fit. One cue is the probability map of the segmenter file
+`tasks/presence_segmenter.onnx` (`tasks.presence.CUE_SEGMENTER`), the one this model was fitted
+with, kept apart from the mask-finding `tasks/segmenter.onnx` so that refitting that one leaves
+this decision as it is. scikit-learn fits (an MLP, chosen over a logistic model by held-out
 scores within the fitting split); the weights are stored as plain arrays and evaluated with numpy.
 """
 from __future__ import annotations

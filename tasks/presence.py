@@ -30,6 +30,12 @@ from tasks.segment import SKIN_WEIGHTS, is_greyscale, skin_distance, skin_model,
 from tasks.segment import mask_probability as mask_probability_map
 
 MODEL_PATH = Path(__file__).with_name("presence_model.npz")
+# The segmenter whose probability map is one of the model's cues: the one it was fitted with (at
+# commit dbe62eb), kept apart from the segmenter that finds the mask's pixels (tasks/segmenter.onnx)
+# so that refitting that one does not move this decision. Refitted with straps weighted, the
+# segmenter's map as a cue took bare faces judged masked from 0.6% to 1.2% (bench_presence, 800
+# faces), the presence model refitted on it included.
+CUE_SEGMENTER = Path(__file__).with_name("presence_segmenter.onnx")
 FEATURES_VERSION = 3   # bumped whenever features change: a model fitted on other features is refused
 WORK = 128             # aligned crop side at which features are computed (FFHQ crop: face ~50 px high)
 MIN_PIXELS = 12        # a sub-region with fewer pixels (at the work scale) counts as empty
@@ -136,11 +142,9 @@ def _learned(prob: np.ndarray | None, shape, down: np.ndarray, side: np.ndarray)
     return out
 
 
-def presence_features(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray | None:
-    """The feature vector (FEATURE_NAMES) of an aligned face crop, or None when no skin is seen.
-    prob: the learned segmenter's probability map of the crop, if already computed."""
-    if prob is None:
-        prob = mask_probability_map(rgb, landmarks)
+def presence_features(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+    """The feature vector (FEATURE_NAMES) of an aligned face crop, or None when no skin is seen."""
+    prob = mask_probability_map(rgb, landmarks, model=CUE_SEGMENTER)
     small, lm = _small(rgb, landmarks)
     lab = cv2.cvtColor(cv2.GaussianBlur(small, (3, 3), 0), cv2.COLOR_RGB2LAB)
     grey = is_greyscale(lab)
@@ -207,13 +211,12 @@ def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> float:
     return 0.0 if feats is None else float(predict(load_model(), feats)[0])
 
 
-def has_mask(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | None = None) -> tuple[bool, float]:
+def has_mask(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[bool, float]:
     """(does this face wear a mask?, the probability it was decided on), for an aligned face crop
     and its FaceMesh landmarks in crop pixels. Greyscale photos have their own threshold (the
     model file's `threshold_grey`): both are set on the fit's bare faces, for at most 1% of them
-    judged masked, since a bare face judged masked gets its nose and mouth painted over.
-    prob: the learned segmenter's probability map of the crop, if already computed."""
-    feats = presence_features(rgb, landmarks, prob)
+    judged masked, since a bare face judged masked gets its nose and mouth painted over."""
+    feats = presence_features(rgb, landmarks)
     if feats is None:
         return False, 0.0
     model = load_model()

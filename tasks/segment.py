@@ -394,18 +394,24 @@ LOW_THRESHOLD = 0.3       # ... and above which it is where it reaches out of su
                           # bench-coverage's templates 0.5 left 1.16% of mask pixels unfilled, 0.3 0.94%;
                           # added as a ring all along the edge (not only beyond STRAP_RING) it cost 0.013
                           # hand-label IoU, as straps only nothing
-MIN_PART = 0.02           # parts of the mask smaller than this share of the largest are dropped
+MIN_PART = 0.02           # parts of the mask smaller than this share of the largest are dropped, and
+PART_GAP = 0.08           # parts further than this (face heights) from the largest: a mask's parts
+                          # (a gas mask's filters) touch or nearly touch it, while a light collar or a
+                          # suit's neck ring under the chin is met apart and was filled
 STRAP_RING = 0.04         # face heights beyond the mask's edge where fainter pixels are not added
 _local = threading.local()
 
 
-def _net():
-    """The ONNX segmenter, one per thread (an OpenCV Net is not safe to share); None without the file."""
-    net = getattr(_local, "net", None)
-    if net is None and MODEL_PATH.exists():
-        net = cv2.dnn.readNetFromONNX(str(MODEL_PATH))
+def _net(path: Path | None = None):
+    """An ONNX segmenter (MODEL_PATH by default), one per thread and file (an OpenCV Net is not
+    safe to share); None without the file."""
+    path = path or MODEL_PATH
+    nets = _local.__dict__.setdefault("nets", {})
+    net = nets.get(path)
+    if net is None and path.exists():
+        net = cv2.dnn.readNetFromONNX(str(path))
         net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-        _local.net = net
+        nets[path] = net
     return net
 
 
@@ -447,32 +453,34 @@ WIDEN = 1.5               # how much wider the second look is where a mask runs 
 EDGE_ROWS = 8             # net pixels at the square's bottom and sides where mask tells it may run out
 
 
-def _look(rgb: np.ndarray, landmarks: np.ndarray, widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _look(rgb: np.ndarray, landmarks: np.ndarray, widen: float = 1.0,
+          model: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(probability in net pixels, the image-to-net matrix) of one run of the network."""
-    net = _net()
+    net = _net(model)
     x, matrix = net_input(rgb, landmarks, widen=widen)
     net.setInput(x)
     logit = net.forward().reshape(NET_SIZE, NET_SIZE)
     return (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32), matrix
 
 
-def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
+def mask_probability(rgb: np.ndarray, landmarks: np.ndarray, model: Path | None = None) -> np.ndarray | None:
     """The learned segmenter's mask probability (float32 0..1) at the image's size, or None where
     its model file is absent. Its sum over a face is the predicted mask area, a presence cue.
 
     The network sees the face's aligned square (FFHQ framing from the landmarks). Under a mask
     FaceMesh places the mouth and chin too high, so on real photos a mask can run out of that square
     at the bottom (a band under the chin was left) or the sides: then a second, wider look
-    (WIDEN, the face smaller) supplies the probability outside the first square."""
-    if _net() is None:
+    (WIDEN, the face smaller) supplies the probability outside the first square.
+    model: another network file of the same input and output (the presence decision's own)."""
+    if _net(model) is None:
         return None
     h, w = rgb.shape[:2]
-    prob, matrix = _look(rgb, landmarks)
+    prob, matrix = _look(rgb, landmarks, model=model)
     back = cv2.warpAffine(prob, cv2.invertAffineTransform(matrix), (w, h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     edge = np.concatenate([prob[-EDGE_ROWS:].ravel(), prob[:, :EDGE_ROWS].ravel(), prob[:, -EDGE_ROWS:].ravel()])
     if (edge > THRESHOLD).any():
-        wide, wide_matrix = _look(rgb, landmarks, WIDEN)
+        wide, wide_matrix = _look(rgb, landmarks, WIDEN, model)
         inside = cv2.warpAffine(np.ones((NET_SIZE, NET_SIZE), np.float32), cv2.invertAffineTransform(matrix), (w, h),
                                 flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         wide_back = cv2.warpAffine(wide, cv2.invertAffineTransform(wide_matrix), (w, h), flags=cv2.INTER_LINEAR,
@@ -483,27 +491,31 @@ def mask_probability(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | Non
     return back
 
 
-def _keep_parts(binary: np.ndarray) -> np.ndarray:
-    """The mask less parts smaller than MIN_PART of its largest."""
+def _keep_parts(binary: np.ndarray, face_h: float) -> np.ndarray:
+    """The mask less parts smaller than MIN_PART of its largest or further than PART_GAP face
+    heights from it."""
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     if n <= 2:
         return binary
     areas = stats[1:, cv2.CC_STAT_AREA]
-    keep = np.flatnonzero(areas >= MIN_PART * areas.max()) + 1
+    largest = int(np.argmax(areas)) + 1
+    far = cv2.distanceTransform(np.where(labels == largest, 0, 255).astype(np.uint8), cv2.DIST_L2, 3)
+    keep = [i for i in range(1, n) if i == largest or
+            (areas[i - 1] >= MIN_PART * areas.max() and far[labels == i].min() <= PART_GAP * face_h)]
     return np.where(np.isin(labels, keep), 255, 0).astype(np.uint8)
 
 
 def segment_learned(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray | None:
     """Binary (0/255) mask from the learned segmenter, parts too small dropped and holes filled;
-    None where its model file is absent. prob: `mask_probability` already computed (presence uses it)."""
+    None where its model file is absent. prob: `mask_probability` already computed."""
     prob = mask_probability(rgb, landmarks) if prob is None else prob
     if prob is None:
         return None
-    binary = _keep_parts(np.where(prob > THRESHOLD, 255, 0).astype(np.uint8))
+    fh = max(face_height(landmarks), 1.0)
+    binary = _keep_parts(np.where(prob > THRESHOLD, 255, 0).astype(np.uint8), fh)
     if LOW_THRESHOLD < THRESHOLD and binary.any():
         # ear loops and straps, thinner than the network's pixels, come out fainter: fainter pixels
         # are added where they reach out of the mask, not as a ring all along its edge
-        fh = max(face_height(landmarks), 1.0)
         ring = cv2.dilate(binary, _disk(STRAP_RING * fh))
         out = np.where((prob > LOW_THRESHOLD) & (ring == 0), 255, 0).astype(np.uint8)
         n, labels = cv2.connectedComponents(out, connectivity=8)

@@ -27,7 +27,7 @@ from tasks.landmarks import detect_faces
 from tasks.presence import has_mask
 from tasks.regions import box_of, face_region, grow
 from tasks.reference import largest_face, reference_crop, warp_onto_face, warp_onto_landmarks
-from tasks.segment import mask_probability, segment_mask
+from tasks.segment import segment_mask
 from tasks.timing import lap
 
 MIN_FACE_PX = 24        # faces narrower than this in the photo are left alone
@@ -390,15 +390,14 @@ def prepare_face(crop: np.ndarray, landmarks: np.ndarray, given: np.ndarray | No
     side: the face's square side in this crop's pixels (what hole growth is measured against)."""
     timings = {} if timings is None else timings
     s = time.perf_counter()
-    prob = mask_probability(crop, landmarks[:, :2])  # the learned segmenter's map, used by both
     if presence is None:
-        masked, score = has_mask(crop, landmarks[:, :2], prob)
+        masked, score = has_mask(crop, landmarks[:, :2])
     else:
         masked, score = True, presence
     if given is not None:
         found = given
     elif masked or assume_masked:
-        found = segment_mask(crop, landmarks[:, :2], prob=prob)
+        found = segment_mask(crop, landmarks[:, :2])
     else:
         found = None
     s = lap(timings, "segment", s)

@@ -49,6 +49,26 @@ def test_model_file_matches_the_features():
     assert "presence_data.txt" in str(model["data"])  # every model version records its data
 
 
+def test_the_decision_keeps_the_segmenter_it_was_fitted_with(astronaut_face, monkeypatch):
+    """The presence model reads the probability map of its own segmenter file (CUE_SEGMENTER), so
+    the mask-finding segmenter (tasks/segmenter.onnx) can be refitted, or be absent, without moving
+    the decision; the cue itself still counts (without its file the score changes)."""
+    import threading
+
+    from tasks import presence, segment
+
+    face, lm, _ = astronaut_face
+    masked, _ = render_procedural(face, lm, np.random.default_rng(0))
+    lm_masked = _again(masked)
+    assert presence.CUE_SEGMENTER.exists() and presence.CUE_SEGMENTER != segment.MODEL_PATH
+    before = has_mask(masked, lm_masked)
+    monkeypatch.setattr(segment, "_local", threading.local())
+    monkeypatch.setattr(segment, "MODEL_PATH", segment.MODEL_PATH.with_name("absent.onnx"))
+    assert has_mask(masked, lm_masked) == before
+    monkeypatch.setattr(presence, "CUE_SEGMENTER", segment.MODEL_PATH)  # the absent file
+    assert has_mask(masked, lm_masked)[1] != before[1]
+
+
 def test_astronaut_bare_and_masked(astronaut_face):
     face, lm, _ = astronaut_face
     assert not has_mask(face, lm)[0]
