@@ -17,7 +17,9 @@ each written to `benchmarks/segmenter_data.txt`, no image data), cached under /t
 
 Every sample goes through `tasks.segment.net_input`, exactly as at run time. A small U-Net
 (about 0.2 M parameters) is trained with torch on the CPU (binary cross-entropy plus soft Dice,
-flips, colour jitter and grey as augmentation), exported to ONNX (needs the `onnx` package at fit
+flips, colour jitter and grey as augmentation; the mask's thin parts, ear loops and straps,
+weigh THIN_WEIGHT times as much in the cross-entropy and stay full-strength in the target, see
+`sample`), exported to ONNX (needs the `onnx` package at fit
 time only) and checked against OpenCV's DNN module, which runs it in the pipeline.
 
 Licences of the training data, stored in the model file's metadata: faces-bulk = All-Age-Faces
@@ -52,6 +54,8 @@ GREY = 0.15
 MFN_FIRST = 60           # the first of each sorted MaskedFace-Net list are evaluation faces
 SEED = 0
 STEPS = 2000             # of 32 samples: about 20 minutes on two shared cores (0.6-1.5 s a step)
+THIN_WEIGHT = 5.0        # loss weight of the mask's thin parts (ear loops, straps: gone after a 3x3
+                         # opening at net size) against 1 elsewhere
 LICENCE = ("Trained on: faces-bulk (All-Age-Faces dataset, research use) with masks rendered by "
            "tasks/render.py, mask templates from MaskTheFace (MIT); MaskedFace-Net / MaskedFaceSegmentation "
            "CWM and IWM images and hand labels (CC BY-NC-SA 4.0; FFHQ images, CC BY-NC-SA 4.0). "
@@ -104,8 +108,20 @@ def grey(rgb: np.ndarray) -> np.ndarray:
 
 
 def sample(x: np.ndarray, matrix: np.ndarray, truth: np.ndarray):
-    """(4xSxS uint8 input, SxS uint8 target) from net_input's output and the true mask (bool)."""
-    t = cv2.warpAffine(truth.astype(np.float32), matrix, (NET_SIZE, NET_SIZE), flags=cv2.INTER_AREA)
+    """(4xSxS uint8 input, SxS uint8 target) from net_input's output and the true mask (bool).
+
+    The target is the truth warped to the net's size, except on its thin parts: there it is taken
+    from the truth warped at twice the size and max-pooled 2x2, so that an ear loop one or two
+    crop pixels wide stays a full-strength line (a plain warp halved it, and the network learned
+    to leave straps out: bench-coverage's bands). Max-pooling everywhere moved every edge out by
+    a crop pixel or two and the mask down the neck with it."""
+    t = cv2.warpAffine(truth.astype(np.float32), matrix, (NET_SIZE, NET_SIZE), flags=cv2.INTER_LINEAR)
+    twice = matrix[:2] * 2.0
+    t2 = cv2.warpAffine(truth.astype(np.float32), twice, (2 * NET_SIZE, 2 * NET_SIZE), flags=cv2.INTER_LINEAR)
+    pooled = t2.reshape(NET_SIZE, 2, NET_SIZE, 2).max(axis=(1, 3))
+    solid = (pooled > 0.5).astype(np.uint8)
+    thin = (solid > 0) & (cv2.morphologyEx(solid, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) == 0)
+    t = np.where(thin, np.maximum(t, pooled), t)
     xin = np.empty((4, NET_SIZE, NET_SIZE), np.uint8)
     xin[:3] = np.clip((x[0, :3] + 0.5) * 255 + 0.5, 0, 255).astype(np.uint8)
     xin[3] = np.clip(x[0, 3] * 255 + 0.5, 0, 255).astype(np.uint8)
@@ -220,6 +236,16 @@ def augment(x, y, gen):
     return x, y[:, None]
 
 
+def thin_parts(y):
+    """Where the target is mask but gone after a 3x3 opening (torch, Bx1xSxS in 0..1): lines at
+    most two net pixels wide, the ear loops and straps a plain loss barely counts."""
+    import torch.nn.functional as F
+
+    solid = (y > 0.5).float()
+    opened = F.max_pool2d(-F.max_pool2d(-solid, 3, 1, 1), 3, 1, 1)
+    return solid * (1 - opened)
+
+
 def train(steps: int, threads: int, batch: int = 32):
     import torch
     import torch.nn.functional as F
@@ -231,11 +257,12 @@ def train(steps: int, threads: int, batch: int = 32):
     weights = np.where(src == 1, 5.0, 1.0)
     weights /= weights.sum()
     net = make_net()
+    lr = 3e-3
     print(f"{sum(p.numel() for p in net.parameters())} parameters, {len(x_all)} samples", flush=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(SEED)
     rng = np.random.default_rng(SEED)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     t0, run = time.time(), 0.0
     net.train()
     for step in range(steps):
@@ -245,7 +272,8 @@ def train(steps: int, threads: int, batch: int = 32):
         p = torch.sigmoid(logit)
         inter = (p * y).sum((1, 2, 3))
         dice = 1 - (2 * inter + 1) / (p.sum((1, 2, 3)) + y.sum((1, 2, 3)) + 1)
-        loss = F.binary_cross_entropy_with_logits(logit, y) + 0.5 * dice.mean()
+        w = 1.0 + (THIN_WEIGHT - 1.0) * thin_parts(y)
+        loss = F.binary_cross_entropy_with_logits(logit, y, weight=w) + 0.5 * dice.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -257,7 +285,7 @@ def train(steps: int, threads: int, batch: int = 32):
     return net
 
 
-def export(net, path: Path, n_samples: int, lines: int) -> None:
+def export(net, path: Path, n_samples: int, lines: int, steps: int = STEPS) -> None:
     import onnx
     import torch
 
@@ -267,7 +295,8 @@ def export(net, path: Path, n_samples: int, lines: int) -> None:
     model = onnx.load_from_string(buf.getvalue())
     for k, v in {"licence": LICENCE, "input": "1x4x128x128: RGB/255-0.5 of the face aligned by tasks.segment.net_input, "
                  "landmark mask polygon (blurred) 0..1", "output": "1x1x128x128 mask logit",
-                 "samples": str(n_samples), "data_lines": str(lines), "steps": str(STEPS),
+                 "samples": str(n_samples), "data_lines": str(lines), "steps": str(steps),
+                 "thin_weight": str(THIN_WEIGHT),
                  "fit": "benchmarks/fit_segmenter.py"}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v
@@ -299,7 +328,7 @@ def main() -> None:
     if args.rebuild or not CACHE.exists():
         build_cache(args.data, lines)
     net = train(args.steps, args.threads)
-    export(net, MODEL_PATH, len(np.load(CACHE)["y"]), len(lines))
+    export(net, MODEL_PATH, len(np.load(CACHE)["y"]), len(lines), args.steps)
 
 
 if __name__ == "__main__":
