@@ -91,7 +91,10 @@ def test_a_large_face_comes_back_as_sharp_as_the_face_around_it(with_reference, 
     face = face_region(detect_faces(truth)[0], truth.shape[:2])
     native, found = run()
     ratio = laplacian_ratio(native, found, face)
-    assert 0.7 < laplacian_ratio(truth, found, face) < 1.4  # the measure itself: the truth is as sharp
+    # the measure itself: the truth is about as sharp inside as around (this face's lower half is a
+    # little smoother than its ring: 0.71 on the rendered hole, 0.70 on the mask found now that it
+    # follows that hole to its sides, 0.81 on the narrower one found before)
+    assert 0.6 < laplacian_ratio(truth, found, face) < 1.4
     far = cv2.dilate(found, np.ones((61, 61), np.uint8)) == 0
     assert np.array_equal(native[far], masked[far])  # pixels away from the mask never change
     # filled at the analysis crop's size and scaled up, the same face is visibly blurred
