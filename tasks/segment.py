@@ -505,10 +505,10 @@ def _keep_parts(binary: np.ndarray, face_h: float) -> np.ndarray:
     return np.where(np.isin(labels, keep), 255, 0).astype(np.uint8)
 
 
-def segment_learned(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | None = None) -> np.ndarray | None:
+def segment_learned(rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray | None:
     """Binary (0/255) mask from the learned segmenter, parts too small dropped and holes filled;
-    None where its model file is absent. prob: `mask_probability` already computed."""
-    prob = mask_probability(rgb, landmarks) if prob is None else prob
+    None where its model file is absent."""
+    prob = mask_probability(rgb, landmarks)
     if prob is None:
         return None
     fh = max(face_height(landmarks), 1.0)
@@ -524,8 +524,7 @@ def segment_learned(rgb: np.ndarray, landmarks: np.ndarray, prob: np.ndarray | N
     return _fill_holes(binary)
 
 
-def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0, method: str = "learned",
-                 prob: np.ndarray | None = None) -> np.ndarray:
+def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0, method: str = "learned") -> np.ndarray:
     """Binary (0/255) mask of the face's mask, the default segmenter. method "learned": the small
     network above (`segment_learned`), or "grabcut": the skin model and GrabCut (`segment_grabcut`),
     which is also used where the model file is absent. Where nothing is found the landmark
@@ -533,7 +532,7 @@ def segment_mask(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0, method: 
     face judged masked as it is."""
     if method not in ("learned", "grabcut"):
         raise ValueError(f"method must be 'learned' or 'grabcut', not {method!r}")
-    found = segment_learned(rgb, landmarks, prob) if method == "learned" else None
+    found = segment_learned(rgb, landmarks) if method == "learned" else None
     if found is None:
         return segment_grabcut(rgb, landmarks, seed)
     return found if found.any() else mask_region(landmarks, rgb.shape)
