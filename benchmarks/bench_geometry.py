@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks.report import write_section
 from tasks.align import align_face
 from tasks.cases import _identity_candidates, _load, frame
-from tasks.geometry import DEFAULT_FIT, FITS, GATE_DEGREES, _weak_perspective, inter_ocular, predict_landmarks
+from tasks.geometry import DEFAULT_FIT, FITS, GATE_DEGREES, MAX_SHAPE_MISFIT, _weak_perspective, inter_ocular, predict_landmarks
 from tasks.landmarks import detect_faces
 from tasks.reference import relight, repose, warp_onto_landmarks
 from tasks.render import load_templates, render_mask
@@ -50,6 +50,8 @@ DESCRIBE = {
     "robust-prior-jaw": "robust-jaw, or the shape model where the reference's shape misfits the visible points",
     "gated-jaw": f"similarity-2d-jaw where the head is turned or tilted against the reference's by at most "
                  f"{GATE_DEGREES:.0f} degrees, robust-jaw beyond",
+    "gated-prior-jaw": f"gated-jaw, or the shape model where the reference's shape, 2-D similarity, misfits the "
+                       f"visible points by more than {MAX_SHAPE_MISFIT:.3f} of the inter-ocular distance",
     "modes": "the reference's shape deformed by the shape model's modes, fitted (robust)",
     "modes-jaw": "modes, the chin drawn towards the mask's lower edge",
     "prior": "no reference: the 3-D face shape model fitted instead (robust)",

@@ -319,6 +319,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new-list", action="store_true", help="draw the data list again (else read it)")
     ap.add_argument("--rebuild", action="store_true", help="render the cache again")
+    ap.add_argument("--out", type=Path, default=MODEL_PATH, help="where the ONNX file goes (a trial beside the shipped one)")
     args = ap.parse_args()
     cv2.setNumThreads(1)
     if args.new_list or not DATA_LIST.exists():
@@ -328,7 +329,7 @@ def main() -> None:
     if args.rebuild or not CACHE.exists():
         build_cache(args.data, lines)
     net = train(args.steps, args.threads)
-    export(net, MODEL_PATH, len(np.load(CACHE)["y"]), len(lines), args.steps)
+    export(net, args.out, len(np.load(CACHE)["y"]), len(lines), args.steps)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.align import align_face
 from tasks.fixtures import astronaut, write_demo_faces
-from tasks.geometry import inter_ocular, predict_landmarks, visible_points
+from tasks.geometry import IRISES, MAX_SHAPE_MISFIT, _misfit, _place, inter_ocular, predict_landmarks, visible_points
 from tasks.landmarks import detect_faces
 from tasks.reference import relight, repose
 from tasks.regions import mask_region
@@ -44,7 +44,7 @@ def _guessed(truth: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return target, hidden
 
 
-@pytest.mark.parametrize("fit", ["similarity-2d", "similarity-3d", "weak-perspective", "robust", "gated"])
+@pytest.mark.parametrize("fit", ["similarity-2d", "similarity-3d", "weak-perspective", "robust", "gated", "gated-prior"])
 def test_fit_recovers_hidden_points_under_a_similarity(face3d, fit):
     _, ref = face3d
     rot = _rotation(0, 0, 0.2)
@@ -57,7 +57,7 @@ def test_fit_recovers_hidden_points_under_a_similarity(face3d, fit):
     assert np.array_equal(out[~hidden], target[~hidden].astype(np.float32))  # what FaceMesh saw stays
 
 
-@pytest.mark.parametrize("fit", ["weak-perspective", "robust", "gated"])
+@pytest.mark.parametrize("fit", ["weak-perspective", "robust", "gated", "gated-prior"])
 def test_fit_recovers_hidden_points_of_a_turned_head(face3d, fit):
     """A 3-D rotation (the reference seen from another pose) seen by a scaled orthographic camera."""
     _, ref = face3d
@@ -70,6 +70,27 @@ def test_fit_recovers_hidden_points_of_a_turned_head(face3d, fit):
     # a 2-D similarity cannot turn a head: it is clearly worse here
     flat = predict_landmarks(target, mask, ref, fit="similarity-2d")
     assert np.abs(flat[hidden, :2] - moved[hidden, :2]).mean() > 1.0
+
+
+def test_gated_prior_gives_a_reference_of_another_expression_up_for_the_shape_prior(face3d):
+    """Where the reference's shape cannot be moved onto the visible points (here the upper face
+    stretched 60 % taller about the eyes: a caricature of raised brows), fit "gated-prior" takes the hidden points from the
+    shape model, as without a reference; a reference that fits keeps them from the reference."""
+    fit = "gated-prior-jaw"
+    _, ref = face3d
+    mask = mask_region(ref[:, :2].astype(np.float32), (256, 256))
+    target, hidden = _guessed(ref.copy(), mask)
+    assert np.array_equal(predict_landmarks(target, mask, ref, fit=fit),
+                          predict_landmarks(target, mask, ref, fit="gated-jaw"))
+    stretched = target.copy()
+    eyes = stretched[list(IRISES), 1].mean()
+    stretched[~hidden, 1] = eyes + (stretched[~hidden, 1] - eyes) * 1.6
+    seen = visible_points(stretched, mask)
+    placed = _place(ref, stretched, seen, "similarity-2d")
+    assert _misfit(placed, stretched, seen) > MAX_SHAPE_MISFIT
+    out = predict_landmarks(stretched, mask, ref, fit=fit)
+    assert np.array_equal(out, predict_landmarks(stretched, mask, None, fit="robust"))  # the prior, no jaw stretch
+    assert not np.allclose(out, predict_landmarks(stretched, mask, ref, fit="gated-jaw"))
 
 
 def test_robust_fit_ignores_outlying_visible_points(face3d):
