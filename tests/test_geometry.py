@@ -74,8 +74,9 @@ def test_fit_recovers_hidden_points_of_a_turned_head(face3d, fit):
 
 def test_gated_prior_gives_a_reference_of_another_expression_up_for_the_shape_prior(face3d):
     """Where the reference's shape cannot be moved onto the visible points (here the upper face
-    stretched 60 % taller about the eyes: a caricature of raised brows), fit "gated-prior" takes the hidden points from the
-    shape model, as without a reference; a reference that fits keeps them from the reference."""
+    stretched 60 % taller about the eyes: a caricature of raised brows), fit "gated-prior" takes the
+    hidden points from the shape model, as without a reference; a reference that fits keeps them
+    from the reference."""
     fit = "gated-prior-jaw"
     _, ref = face3d
     mask = mask_region(ref[:, :2].astype(np.float32), (256, 256))
