@@ -21,6 +21,31 @@ def psnr(a, b, where):
     return 10 * np.log10(255.0**2 / max(err, 1e-10))
 
 
+def test_one_face_found_twice_is_one_face_and_two_faces_stay_two(astronaut):
+    from tasks.landmarks import distinct_faces
+
+    face = detect_faces(astronaut)[0]
+    centre = face.mean(0)
+    smaller = (face - centre) * 0.5 + centre + [20, 0]  # a half-size mesh on one side of the same face
+    beside = face + [np.ptp(face[:, 0]) * 1.2, 0]  # another face of the same size next to it
+    kept = distinct_faces([smaller, face, beside])
+    assert len(kept) == 2
+    assert any(np.array_equal(k, face) for k in kept) and any(np.array_equal(k, beside) for k in kept)
+
+
+def test_a_masked_face_missed_at_the_usual_threshold_is_found_on_a_second_look():
+    from tasks import landmarks
+
+    photo = cv2.cvtColor(cv2.imread(str(shared("real-masked", "0141.jpg"))), cv2.COLOR_BGR2RGB)
+    first = landmarks._detector(landmarks.CONFIDENCE).process(photo).multi_face_landmarks
+    assert not first, "the first graph must miss this photo for the test to mean anything"
+    faces = detect_faces(photo)
+    assert faces
+    x0, y0 = faces[0].min(0)
+    x1, y1 = faces[0].max(0)
+    assert 20 < x1 - x0 < 120 and 0 <= x0 and x1 <= photo.shape[1] and 0 <= y0 and y1 <= photo.shape[0]
+
+
 def test_align_puts_eyes_level_and_returns_pasteable_matrix(astronaut, astronaut_face):
     crop, lm, matrix = astronaut_face
     assert crop.shape == (256, 256, 3) and lm.shape == (478, 2) and matrix.shape == (2, 3)
