@@ -14,8 +14,15 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import MissingContextError, ObjectNotFound
 
 from flows.preprocess import preprocess
-from flows.train import train_unmask
 from tasks.images import MAX_PIXELS
+
+
+def _train_unmask():
+    """The training flow, imported when a run trains: it brings torch, torchmetrics and MLflow
+    (3-4 s of imports that `unmask preprocess` without --train does not need)."""
+    from flows.train import train_unmask
+
+    return train_unmask
 
 
 @flow(name="preprocess-ffhq", log_prints=True)
@@ -55,7 +62,7 @@ def retrain_unmask(input_dir: str, data: str, steps: int | None = None, minutes:
     logging.getLogger("unmask").setLevel(logging.INFO)
     summary = preprocess(input_dir=input_dir, output_dir=data, only_new=True, workers=workers)
     get_run_logger().info("new inputs preprocessed: %s", summary)
-    return train_unmask(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size, device=device,
+    return _train_unmask()(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size, device=device,
                         run_dir=run_dir, resume=resume, register_as=register_as)
 
 
@@ -67,7 +74,7 @@ def start_training(data: str, deployment: str = "train-unmask/default", **params
         run = run_deployment(deployment, parameters={"data": data, **params}, timeout=0)
     except ObjectNotFound:  # no such deployment on this server: train here
         _logger().warning("no deployment %s: training in this process", deployment)
-        return train_unmask(data=data, **({"minutes": 10.0} | params))
+        return _train_unmask()(data=data, **({"minutes": 10.0} | params))
     _logger().warning("started deployment %s: flow run %s", deployment, run.id)
     return {"deployment": deployment, "flow_run_id": str(run.id)}
 

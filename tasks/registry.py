@@ -332,6 +332,9 @@ def load_generator(uri: str, tracking_uri: str):
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
-    wrapper = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    # suppress_warnings: without it MLflow compares the model's pip requirements with every installed
+    # distribution (importlib.metadata over site-packages: 1-2 s per load); the registered models
+    # are this package's own, logged with its pinned requirements
+    wrapper = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
     pin_torch()
     return wrapper.generator, wrapper.device, int(wrapper.config.get("size", 256))

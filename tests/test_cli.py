@@ -97,3 +97,12 @@ def test_help_loads_no_heavy_module():
             "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_preprocessing_flow_loads_no_training_module():
+    """`unmask preprocess` imports the flows of `flows.pipeline`; training's torch, torchmetrics and
+    MLflow (3-4 s here) load only when a run trains."""
+    code = ("import sys, flows.pipeline; heavy = [m for m in ('torch', 'torchmetrics', 'mlflow', 'flows.train') "
+            "if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
