@@ -1,4 +1,4 @@
-"""MediaPipe FaceMesh landmarks: one detector per process, created on first use."""
+"""MediaPipe FaceMesh landmarks: the detectors are made once per thread, on first use."""
 from __future__ import annotations
 
 import threading
@@ -54,51 +54,48 @@ def _face_boxes(rgb: np.ndarray) -> list[np.ndarray]:
     return boxes
 
 
+def _box(points: np.ndarray) -> np.ndarray:
+    return np.concatenate([points[:, :2].min(0), points[:, :2].max(0)])
+
+
+def _area(box: np.ndarray) -> float:
+    return float((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> float:
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+    union = _area(a) + _area(b) - _intersection(a, b)
+    return _intersection(a, b) / union if union > 0 else 0.0
 
 
-def _overlap(a: np.ndarray, b: np.ndarray) -> float:
-    """The share of the smaller of two landmark boxes that lies inside the other."""
-    (ax0, ay0), (ax1, ay1) = a[:, :2].min(0), a[:, :2].max(0)
-    (bx0, by0), (bx1, by1) = b[:, :2].min(0), b[:, :2].max(0)
-    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
-    smaller = min((ax1 - ax0) * (ay1 - ay0), (bx1 - bx0) * (by1 - by0))
-    return float(inter / smaller) if smaller > 0 else 1.0
+def _meshes(graph, rgb: np.ndarray, depth: bool) -> list[np.ndarray]:
+    h, w = rgb.shape[:2]
+    cols = (lambda p: (p.x * w, p.y * h, p.z * w)) if depth else (lambda p: (p.x * w, p.y * h))
+    return [np.array([cols(p) for p in face.landmark], dtype=np.float32)
+            for face in graph.process(rgb).multi_face_landmarks or []]
 
 
 def detect_faces(rgb: np.ndarray, depth: bool = False) -> list[np.ndarray]:
     """All faces as (478, 2) float32 pixel coordinates, largest face first; with depth, (478, 3):
     FaceMesh's depth in the same pixel scale as x (its z is relative to the head's centre)."""
-    h, w = rgb.shape[:2]
     rgb = np.ascontiguousarray(rgb)
-    found = _detector().process(rgb).multi_face_landmarks or []
-    if not found:
-        found = _detector(RETRY_CONFIDENCE).process(rgb).multi_face_landmarks or []
-        boxes = _face_boxes(rgb) if found else []
-        found = [face for face in found if any(_iou(_box(face, w, h), b) >= AGREE_IOU for b in boxes)]
-    faces = []
-    for face in found:
-        if depth:
-            pts = np.array([(p.x * w, p.y * h, p.z * w) for p in face.landmark], dtype=np.float32)
-        else:
-            pts = np.array([(p.x * w, p.y * h) for p in face.landmark], dtype=np.float32)
-        faces.append(pts)
+    faces = _meshes(_detector(), rgb, depth)
+    if not faces:  # the second look (RETRY_CONFIDENCE above)
+        faces = _meshes(_detector(RETRY_CONFIDENCE), rgb, depth)
+        boxes = _face_boxes(rgb) if faces else []
+        faces = [f for f in faces if any(_iou(_box(f), b) >= AGREE_IOU for b in boxes)]
     return distinct_faces(faces)
-
-
-def _box(face, w: int, h: int) -> np.ndarray:
-    xs, ys = [p.x * w for p in face.landmark], [p.y * h for p in face.landmark]
-    return np.float32([min(xs), min(ys), max(xs), max(ys)])
 
 
 def distinct_faces(faces: list[np.ndarray]) -> list[np.ndarray]:
     """Largest first, without the smaller of two meshes laid on one face (FaceMesh sometimes puts
     a second, smaller mesh on goggles or on one half of a masked face)."""
     kept: list[np.ndarray] = []
-    for pts in sorted(faces, key=lambda p: -float(np.ptp(p[:, 0]) * np.ptp(p[:, 1]))):
-        if all(_overlap(pts, other) < SAME_FACE_OVERLAP for other in kept):
+    for pts in sorted(faces, key=lambda p: -_area(_box(p))):
+        box = _box(pts)  # the larger one's box holds most of it
+        if all(_intersection(box, _box(other)) < SAME_FACE_OVERLAP * _area(box) for other in kept):
             kept.append(pts)
     return kept
