@@ -142,9 +142,13 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
     step, samples_seen = 0, 0
     if opts.resume:
         step, samples_seen = _restore(run_dir, modules, opt_g, opt_d)
-    batches = iter(batches())
-    for _ in range(samples_seen // opts.batch_size):  # exact resume: the same batches, in order
-        next(batches)
+    # resumed at or past --steps (e.g. a run stopped after its last checkpoint): nothing to train;
+    # it is scored, registered and gated as it ended
+    ended = opts.steps is not None and step >= opts.steps
+    if not ended:
+        batches = iter(batches())
+        for _ in range(samples_seen // opts.batch_size):  # exact resume: the same batches, in order
+            next(batches)
 
     g_train = generator
     if world > 1:
@@ -203,6 +207,10 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
         if rank == 0 and validate and (step % opts.val_every == 0 or finished):
             last_val = validate(step, ema)
             generator.train()
+    if rank == 0 and ended:
+        last_ckpt = checkpoint.latest(run_dir)
+        if validate:
+            last_val = validate(step, ema)
     if rank == 0:
         (run_dir / "options.json").write_text(json.dumps(asdict(opts), indent=2, default=str))
         (run_dir / "validation.json").write_text(json.dumps({"step": step, "size": size, "scores": last_val,

@@ -53,6 +53,11 @@ def test_resume_is_exact(shards, tmp_path):
     first = load_file(tmp_path / "b" / "step-0000002" / "generator.safetensors")
     last = load_file(tmp_path / "b" / "step-0000004" / "generator.safetensors")
     assert any(not torch.equal(first[k], last[k]) for k in last)
+    # resumed at its end (stopped after its last checkpoint): scored as it ended, nothing trained
+    again = train(_opts(shards, tmp_path / "b", steps=4, resume=True))
+    assert again["step"] == 4 and again["last_checkpoint"].endswith("step-0000004")
+    assert again["val"] and again["val"] == resumed["val"]
+    assert sorted(p.name for p in (tmp_path / "b").glob("step-*")) == ["step-0000002", "step-0000004"]
 
 
 def test_untrained_generator_equals_the_paste_where_the_reference_is_valid(shards, tmp_path):
