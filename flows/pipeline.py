@@ -62,8 +62,8 @@ def retrain_unmask(input_dir: str, data: str, steps: int | None = None, minutes:
     logging.getLogger("unmask").setLevel(logging.INFO)
     summary = preprocess(input_dir=input_dir, output_dir=data, only_new=True, workers=workers)
     get_run_logger().info("new inputs preprocessed: %s", summary)
-    return _train_unmask()(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size, device=device,
-                        run_dir=run_dir, resume=resume, register_as=register_as)
+    return _train_unmask()(data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size,
+                           device=device, run_dir=run_dir, resume=resume, register_as=register_as)
 
 
 def start_training(data: str, deployment: str = "train-unmask/default", **params) -> dict | None:
