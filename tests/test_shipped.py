@@ -139,8 +139,10 @@ def test_a_missing_model_is_one_line_and_exit_code_1(masked_astronaut, tmp_path)
 
 
 def test_a_worse_fine_tune_of_the_shipped_model_stays_a_challenger(tmp_path, monkeypatch):
-    """A few steps from the shipped weights at a learning rate that wrecks them: registered, scored
-    against the shipped model (there is no champion), and not promoted."""
+    """A few steps from the shipped weights at a learning rate that wrecks them (0.2: 11 dB on these
+    cases against the shipped weights' 21; at 0.05 the 2,500-step weights, fine-tuned on the
+    astronaut, beat themselves on her validation rows): registered, scored against the shipped model
+    (there is no champion), and not promoted."""
     from mlflow.tracking import MlflowClient
 
     from model.options import TrainOptions
@@ -155,7 +157,7 @@ def test_a_worse_fine_tune_of_the_shipped_model_stays_a_challenger(tmp_path, mon
     monkeypatch.setenv("UNMASK_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     result = train_and_register(TrainOptions(str(tmp_path / "data"), steps=3, batch_size=2, device="cpu",
-                                             run_dir=str(tmp_path / "run"), init="shipped", lr_g=0.05,
+                                             run_dir=str(tmp_path / "run"), init="shipped", lr_g=0.2,
                                              val_cases=4, workers=0, val_every=100))
     gate = result["gate"]
     assert gate["alias"] == "challenger" and gate["gate.rival"] == "shipped", gate
