@@ -54,6 +54,8 @@ def _face_boxes(rgb: np.ndarray) -> list[np.ndarray]:
     return boxes
 
 
+# Boxes as (x0, y0, x1, y1). Written here: three lines each, and torchvision's box ops would bring
+# torch into every process that only looks for faces.
 def _box(points: np.ndarray) -> np.ndarray:
     return np.concatenate([points[:, :2].min(0), points[:, :2].max(0)])
 
@@ -95,7 +97,7 @@ def distinct_faces(faces: list[np.ndarray]) -> list[np.ndarray]:
     a second, smaller mesh on goggles or on one half of a masked face)."""
     kept: list[np.ndarray] = []
     for pts in sorted(faces, key=lambda p: -_area(_box(p))):
-        box = _box(pts)  # the larger one's box holds most of it
+        box = _box(pts)  # dropped when most of it lies inside the box of a larger face kept
         if all(_intersection(box, _box(other)) < SAME_FACE_OVERLAP * _area(box) for other in kept):
             kept.append(pts)
     return kept
