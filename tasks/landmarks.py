@@ -1,7 +1,10 @@
 """MediaPipe FaceMesh landmarks: the detectors are made once per thread, on first use."""
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
+import types
 
 import numpy as np
 
@@ -21,13 +24,34 @@ AGREE_IOU = 0.35  # the detector's box is forehead to chin, the mesh's cheek to 
 SAME_FACE_OVERLAP = 0.5  # a mesh whose box lies this much inside a larger one's is that face again
 
 
+class _DeferredModule(types.ModuleType):
+    """A module imported for real on first use of any of its attributes. Written here because the
+    standard library's LazyLoader loads at once when the import system reads `__spec__`, which
+    `import a.b` does for a module already in sys.modules."""
+
+    def __getattr__(self, name: str):
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), name)
+
+
+def _mediapipe():
+    """mediapipe, without paying for matplotlib: its `solutions` package imports drawing_utils,
+    which imports matplotlib.pyplot (0.55 s of the 1.3 s that `import mediapipe` takes here, in
+    every process that looks for faces) for a 3-D plotting helper nothing here calls. pyplot is
+    deferred until something uses it."""
+    if "mediapipe" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
+        sys.modules["matplotlib.pyplot"] = _DeferredModule("matplotlib.pyplot")
+    import mediapipe
+
+    return mediapipe
+
+
 def _detector(confidence: float = CONFIDENCE):
     graphs = _local.__dict__.setdefault("face_mesh", {})
     det = graphs.get(confidence)
     if det is None:
-        import mediapipe as mp
-
-        det = mp.solutions.face_mesh.FaceMesh(
+        det = _mediapipe().solutions.face_mesh.FaceMesh(
             static_image_mode=True,
             max_num_faces=MAX_FACES,
             refine_landmarks=True,
@@ -41,8 +65,7 @@ def _face_boxes(rgb: np.ndarray) -> list[np.ndarray]:
     """(x0, y0, x1, y1) of the faces MediaPipe's face detectors (both ranges) find."""
     graphs = _local.__dict__.get("face_detection")
     if graphs is None:
-        import mediapipe as mp
-
+        mp = _mediapipe()
         graphs = _local.face_detection = [mp.solutions.face_detection.FaceDetection(
             model_selection=m, min_detection_confidence=CONFIDENCE) for m in (0, 1)]
     h, w = rgb.shape[:2]

@@ -21,6 +21,19 @@ def psnr(a, b, where):
     return 10 * np.log10(255.0**2 / max(err, 1e-10))
 
 
+def test_faces_are_found_without_loading_matplotlib_which_still_loads_when_asked_for():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom skimage import data\nfrom tasks.landmarks import detect_faces\n"
+            "assert len(detect_faces(data.astronaut())) == 1\n"
+            "print('matplotlib.figure' in sys.modules)\n"
+            "import matplotlib.pyplot as plt\nfrom mediapipe.python.solutions import drawing_utils\n"
+            "print(callable(plt.figure), drawing_utils.plt.figure is plt.figure, 'matplotlib.figure' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "True", "True"]
+
+
 def test_one_face_found_twice_is_one_face_and_two_faces_stay_two(astronaut):
     from tasks.landmarks import distinct_faces
 
