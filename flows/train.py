@@ -23,13 +23,14 @@ from tasks.training import train_and_register
 def train_unmask(data: str, steps: int | None = None, minutes: float | None = None, batch_size: int = 8,
                  size: int | None = None, device: str = "auto", run_dir: str | None = None, resume: bool = False,
                  register_as: str = "unmask", generator: str = "small", channels: int | None = None,
-                 init: str | None = None, val_cases: int = 64, workers: int = 2) -> dict:
+                 init: str | None = None, val_cases: int = 64, workers: int = 2,
+                 lr_decay: float = TrainOptions.lr_decay) -> dict:
     """Train the generator on preprocess output, register it and gate it into `champion`."""
     logging.getLogger("unmask").setLevel(logging.INFO)
     summary = train_and_register(TrainOptions(
         data=data, steps=steps, minutes=minutes, batch_size=batch_size, size=size, device=device, run_dir=run_dir,
         resume=resume, register_as=register_as, generator=generator, channels=channels, init=init,
-        val_cases=val_cases, workers=workers))
+        val_cases=val_cases, workers=workers, lr_decay=lr_decay))
     get_run_logger().info("registered %s version %s as %s", register_as, summary["gate"]["version"],
                           summary["gate"]["alias"])
     return summary

@@ -45,6 +45,8 @@ class TrainOptions:
                             "generator .safetensors file.")
     val_cases: int = _cli("Validation cases scored at every validation.", 64)
     workers: int = _cli("DataLoader worker processes per training process.", 2)
+    lr_decay: float = _cli("Share of the run, at its end, over which both learning rates fall "
+                           "linearly to zero (0: constant rates).", 0.25)
     lr_g: float | None = None       # default: the generator's preset
     lr_d: float | None = None
     betas: tuple[float, float] = (0.5, 0.999)
@@ -79,6 +81,8 @@ class TrainOptions:
             raise TrainError("say how long to train: --steps N or --minutes M")
         if self.generator not in PRESETS:
             raise TrainError(f"--generator {self.generator!r}: use {' or '.join(PRESETS)}")
+        if not 0.0 <= self.lr_decay < 1.0:
+            raise TrainError(f"--lr-decay {self.lr_decay}: use a share from 0 up to (not including) 1")
         if self.resume and not self.run_dir:
             raise TrainError("--resume needs --run-dir (the folder holding step-NNNNNNN checkpoints)")
 

@@ -61,17 +61,27 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def _time_up(deadline: float | None, world: int, device: torch.device) -> bool:
-    """Has --minutes run out? Under DDP every rank stops after the same step: if one rank
-    stopped alone, the others would wait for it in their next all-reduce for ever."""
-    if deadline is None:
-        return False
-    up = time.monotonic() >= deadline
-    if world > 1:
-        flag = torch.tensor([float(up)], device=device)
+def _elapsed(started: float, world: int, device: torch.device, timed: bool) -> float:
+    """Seconds since the loop started. Under DDP, when --minutes times the run, every rank takes
+    the slowest one's: the ranks then stop after the same step (one that stopped alone would leave
+    the others waiting in their next all-reduce for ever) and train each step at the same rate."""
+    elapsed = time.monotonic() - started
+    if timed and world > 1:
+        flag = torch.tensor([elapsed], device=device, dtype=torch.float64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        up = bool(flag.item())
-    return up
+        elapsed = float(flag.item())
+    return elapsed
+
+
+def lr_scale(opts: TrainOptions, step: int, elapsed: float) -> float:
+    """How much of its set learning rate a step trains at: all of it, then falling linearly to zero
+    over the last `lr_decay` of the run (of --steps, or of --minutes when no steps are set). A
+    decay that starts late leaves the steps before it as a constant-rate run has them, so a run
+    resumed with more --steps is still the run a longer one would have been."""
+    if opts.lr_decay <= 0:
+        return 1.0
+    progress = max(step / opts.steps if opts.steps else 0.0, elapsed / (60 * opts.minutes) if opts.minutes else 0.0)
+    return float(min(1.0, max(0.0, (1.0 - progress) / opts.lr_decay)))
 
 
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -163,12 +173,18 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
             g_train, d_train = torch.compile(g_train), torch.compile(d_train)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
-    deadline = time.monotonic() + opts.minutes * 60 if opts.minutes else None
+    started = time.monotonic()
+    timed = bool(opts.minutes)
     last_val: dict = {}
     last_ckpt = None
     t0, seen0 = time.perf_counter(), 0
-    time_up = _time_up(deadline, world, device)
+    elapsed = _elapsed(started, world, device, timed)
+    time_up = timed and elapsed >= opts.minutes * 60
     while (opts.steps is None or step < opts.steps) and not time_up:
+        scale = lr_scale(opts, step, elapsed)
+        for opt, lr in ((opt_g, opts.lr_g), (opt_d, opts.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
         b = to_device(next(batches), device)
         truth = b["image"] * 2 - 1
         with autocast:
@@ -196,8 +212,9 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
         if rank == 0 and on_metrics and (step % 10 == 0 or step == 1):
             rate = seen0 / max(time.perf_counter() - t0, 1e-9)
             on_metrics(step, {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/l1": l1.item(),
-                              "loss/g": g_loss.item(), "train/images_per_second": rate})
-        time_up = _time_up(deadline, world, device)
+                              "loss/g": g_loss.item(), "train/images_per_second": rate, "train/lr_scale": scale})
+        elapsed = _elapsed(started, world, device, timed)
+        time_up = timed and elapsed >= opts.minutes * 60
         finished = (opts.steps is not None and step >= opts.steps) or time_up
         if rank == 0 and (step % opts.checkpoint_every == 0 or finished):
             state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,

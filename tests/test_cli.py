@@ -66,7 +66,8 @@ def test_preprocess_demo_faces_with_a_reject_exits_zero(tmp_path):
 
 
 TRAIN_OPTIONS = ("--steps", "--minutes", "--batch-size", "--size", "--device", "--run-dir", "--resume",
-                 "--register-as", "--generator", "--channels", "--init", "--val-cases", "--workers")
+                 "--register-as", "--generator", "--channels", "--init", "--val-cases", "--workers",
+                 "--lr-decay")
 
 
 def test_both_training_command_lines_take_the_same_options():

@@ -76,6 +76,30 @@ def test_untrained_generator_equals_the_paste_where_the_reference_is_valid(shard
     assert torch.allclose(out[where], pasted[where], atol=1e-5)
 
 
+def test_learning_rates_fall_over_the_end_of_a_run_and_a_run_resumed_before_the_fall_is_still_exact(shards, tmp_path):
+    from model.train import lr_scale
+
+    opts = TrainOptions(data="x", steps=100, lr_decay=0.25)
+    assert [lr_scale(opts, s, 0.0) for s in (0, 50, 75)] == [1.0, 1.0, 1.0]
+    assert lr_scale(opts, 85, 0.0) == pytest.approx(0.6) and lr_scale(opts, 99, 0.0) == pytest.approx(0.04)
+    timed = TrainOptions(data="x", minutes=10, lr_decay=0.5)
+    assert lr_scale(timed, 3, 150.0) == 1.0 and lr_scale(timed, 3, 450.0) == pytest.approx(0.5)
+    assert lr_scale(TrainOptions(data="x", steps=100, lr_decay=0.0), 99, 0.0) == 1.0
+    with pytest.raises(TrainError, match="--lr-decay 1.0"):
+        train(_opts(shards, tmp_path / "bad", lr_decay=1.0))
+
+    # a constant-rate run of 4 steps, resumed to 8 with the rates falling over the last half, is the
+    # 8-step run with that fall (how the shipped model's run was trained on); the fall changes the weights
+    decayed = train(_opts(shards, tmp_path / "a", steps=8, lr_decay=0.5, checkpoint_every=4))
+    constant = train(_opts(shards, tmp_path / "c", steps=8, lr_decay=0.0, checkpoint_every=4))
+    train(_opts(shards, tmp_path / "b", steps=4, lr_decay=0.0, checkpoint_every=4))
+    resumed = train(_opts(shards, tmp_path / "b", steps=8, lr_decay=0.5, checkpoint_every=4, resume=True))
+    assert decayed["step"] == constant["step"] == resumed["step"] == 8
+    a, b, c = (load_file(tmp_path / r / "step-0000008" / "generator.safetensors") for r in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
 def test_bad_inputs_give_clear_errors(shards, tmp_path):
     with pytest.raises(DataError, match="no shards"):
         train(_opts(tmp_path / "nothing", tmp_path / "r0"))
