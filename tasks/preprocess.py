@@ -138,11 +138,11 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
         "reference_valid": encode_png(warped.valid),
         "generic_warped": encode_png(generic.matched),
         "generic_valid": encode_png(generic.valid),
-        "landmarks": lm[:, :2].astype(np.float32).ravel().tolist(),
-        "landmarks_masked": lm_masked.astype(np.float32).ravel().tolist(),
-        "landmarks_predicted": warped.landmarks.astype(np.float32).ravel().tolist(),
-        "reference_landmarks": reference[1].astype(np.float32).ravel().tolist(),
-        "align_matrix": matrix.astype(np.float32).ravel().tolist(),
+        "landmarks": lm[:, :2].astype(np.float32).ravel(),
+        "landmarks_masked": lm_masked.astype(np.float32).ravel(),
+        "landmarks_predicted": warped.landmarks.astype(np.float32).ravel(),
+        "reference_landmarks": reference[1].astype(np.float32).ravel(),
+        "align_matrix": matrix.astype(np.float32).ravel(),
         "faces": len(faces),
         "reference_kind": kind,
     }
@@ -150,8 +150,22 @@ def process_image(source: str, opts: Options, fs=None, timings: dict | None = No
     return row
 
 
+def _table(rows: list[dict]) -> pa.Table:
+    """The shard's rows as a table, column by column: the point lists (five float32 arrays, 5,000
+    numbers a row) go in as one numpy block each; `Table.from_pylist` took 13 ms a row over them."""
+    columns = []
+    for f in SHARD_SCHEMA:
+        values = [r[f.name] for r in rows]
+        if pa.types.is_fixed_size_list(f.type):
+            flat = np.concatenate(values) if values else np.zeros(0, np.float32)
+            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), f.type.list_size))
+        else:
+            columns.append(pa.array(values, f.type))
+    return pa.Table.from_arrays(columns, schema=SHARD_SCHEMA)
+
+
 def _parquet_bytes(rows: list[dict]) -> bytes:
-    table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
+    table = _table(rows)
     buf = io.BytesIO()
     # PNG bytes are already compressed: a second codec costs time and saves nothing.
     pq.write_table(table, buf, row_group_size=ROW_GROUP_SIZE, compression="none")
