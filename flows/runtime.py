@@ -279,12 +279,7 @@ def run_units(fn, calls: list[dict], name: str, workers: int | None = None, addr
     to the Prefect API, the workers only compute. A run with a single unit and no cluster asked
     for runs in this process (no cluster to start), as does a run on one local worker.
     """
-    import threading
-
-    import distributed
     from prefect import task
-    from prefect.futures import as_completed
-    from prefect.task_runners import ThreadPoolTaskRunner
 
     if not calls:  # nothing to do (an empty folder, a rerun with nothing new): start no cluster
         return
@@ -294,6 +289,13 @@ def run_units(fn, calls: list[dict], name: str, workers: int | None = None, addr
         for params in calls:
             yield unit(params)
         return
+    # imported only here: `distributed` takes 1-1.5 s to import, which a run in this process never needs
+    import threading
+
+    import distributed
+    from prefect.futures import as_completed
+    from prefect.task_runners import ThreadPoolTaskRunner
+
     with dask_client(None if address else local_workers, address) as client:
         width = IN_FLIGHT_PER_WORKER * max(len(client.scheduler_info().get("workers", {})), 1)
         submitted = []

@@ -111,3 +111,18 @@ def test_flows_on_the_temporary_api_send_no_heartbeats(monkeypatch):
     monkeypatch.setenv("PREFECT_API_URL", url)
     with prefect_api():
         assert get_current_settings().flows.heartbeat_frequency is not None
+
+
+def test_a_run_of_one_unit_does_not_import_dask():
+    """A one-photo run does its unit in this process; `distributed` (1-1.5 s to import) stays out."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom prefect import flow\nfrom flows.runtime import prefect_api, run_units\n"
+            "@flow\ndef one():\n    return list(run_units(os.getpid, [{}], 'pid', workers=2))\n"
+            "with prefect_api():\n    pids = one()\n"
+            "print(pids == [os.getpid()], 'distributed' in sys.modules)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                         env={**os.environ, "UNMASK_SERVER_IDLE": "0"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split()[-2:] == ["True", "False"]
