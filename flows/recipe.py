@@ -97,6 +97,8 @@ def export(run_dir: Path, command: str) -> dict:
         "size": val["size"],
         "steps": val["step"],
         "batch_size": options["batch_size"],
+        "lr_g": options.get("lr_g"),
+        "lr_decay": options.get("lr_decay", 0.0),
         "sha256": shipped.sha256(shipped.WEIGHTS),
         "bytes": shipped.WEIGHTS.stat().st_size,
         "made": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -114,6 +116,16 @@ def export(run_dir: Path, command: str) -> dict:
     return card
 
 
+def _schedule(card: dict) -> str:
+    """How the learning rates went, as the card says it (cards before --lr-decay held them constant)."""
+    decay = card.get("lr_decay") or 0.0
+    rate = f" {card['lr_g']:g}" if card.get("lr_g") else ""
+    if not decay:
+        return f", at a constant learning rate{rate}"
+    return (f"; the learning rate{rate} held until the last {decay:.0%} of the steps, then falling linearly "
+            f"to zero")
+
+
 def model_card(card: dict) -> str:
     """The card for people: what the model is, what it learned from, its licence, how to remake it."""
     v = card["validation"]
@@ -128,7 +140,7 @@ def model_card(card: dict) -> str:
 The model `unmask folder` and `unmask evaluate` use when the MLflow registry has no
 `models:/unmask@champion`. A {card['generator']} generator (gated convolutions, {card['channels']} channels,
 a correction over the colour-matched paste), {card['size']} px, trained {card['steps']} steps of {card['batch_size']}
-faces on a CPU, with the SN-PatchGAN discriminator beside the L1 losses.
+faces on a CPU, with the SN-PatchGAN discriminator beside the L1 losses{_schedule(card)}.
 
 - weights: `unmask-small.safetensors`, {card['bytes']:,} bytes, sha256 `{card['sha256']}`
 - made: {card['made']} by `{card['command']}` (the recipe: `flows/recipe.py`, `Makefile`)
