@@ -37,7 +37,7 @@ test: install system-deps
 # The shipped model (model/weights/): training photos staged from $(SHARED) (none that evaluation
 # uses), preprocessed and trained through the project's own commands, then exported with its card.
 MODEL_WORK ?= out/model
-MODEL_STEPS ?= 2500
+MODEL_STEPS ?= 3500
 model: install
 	$(BIN)/python -m flows.recipe stage --data $(SHARED) --out $(MODEL_WORK)/input
 	$(BIN)/unmask preprocess $(MODEL_WORK)/input $(MODEL_WORK)/shards --size 128 --val-percent 3 --shard-size 250 \
