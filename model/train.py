@@ -63,8 +63,9 @@ def to_device(batch: dict, device: torch.device) -> dict:
 @torch.no_grad()
 def _elapsed(started: float, world: int, device: torch.device, timed: bool) -> float:
     """Seconds since the loop started. Under DDP, when --minutes times the run, every rank takes
-    the slowest one's: the ranks then stop after the same step (one that stopped alone would leave
-    the others waiting in their next all-reduce for ever) and train each step at the same rate."""
+    the largest of the ranks' clocks: the ranks then stop after the same step (one that stopped alone
+    would leave the others waiting in their next all-reduce for ever) and train each step at the
+    same rate."""
     elapsed = time.monotonic() - started
     if timed and world > 1:
         flag = torch.tensor([elapsed], device=device, dtype=torch.float64)
@@ -75,9 +76,10 @@ def _elapsed(started: float, world: int, device: torch.device, timed: bool) -> f
 
 def lr_scale(opts: TrainOptions, step: int, elapsed: float) -> float:
     """How much of its set learning rate a step trains at: all of it, then falling linearly to zero
-    over the last `lr_decay` of the run (of --steps, or of --minutes when no steps are set). A
-    decay that starts late leaves the steps before it as a constant-rate run has them, so a run
-    resumed with more --steps is still the run a longer one would have been."""
+    over the last `lr_decay` of the run (of --steps, or of --minutes when no steps are set). The
+    steps before the fall are those of a constant-rate run, so a run that stopped before its own
+    fall began (or trained at constant rates), resumed with more --steps, is still exactly the run
+    a longer one would have been."""
     if opts.lr_decay <= 0:
         return 1.0
     progress = max(step / opts.steps if opts.steps else 0.0, elapsed / (60 * opts.minutes) if opts.minutes else 0.0)
