@@ -119,11 +119,11 @@ def export(run_dir: Path, command: str) -> dict:
 def _schedule(card: dict) -> str:
     """How the learning rates went, as the card says it (cards before --lr-decay held them constant)."""
     decay = card.get("lr_decay") or 0.0
-    rate = f" {card['lr_g']:g}" if card.get("lr_g") else ""
+    rate = f" (the generator's {card['lr_g']:g})" if card.get("lr_g") else ""
     if not decay:
-        return f", at a constant learning rate{rate}"
-    return (f"; the learning rate{rate} held until the last {decay:.0%} of the steps, then falling linearly "
-            f"to zero")
+        return f", at constant learning rates{rate}"
+    return (f"; both learning rates{rate} held until the last {decay:.0%} of the steps, then falling "
+            f"linearly to zero")
 
 
 def model_card(card: dict) -> str:

@@ -61,17 +61,19 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def _elapsed(started: float, world: int, device: torch.device, timed: bool) -> float:
-    """Seconds since the loop started. Under DDP, when --minutes times the run, every rank takes
-    the largest of the ranks' clocks: the ranks then stop after the same step (one that stopped alone
-    would leave the others waiting in their next all-reduce for ever) and train each step at the
-    same rate."""
+def _clock(started: float, opts: TrainOptions, world: int, device: torch.device) -> tuple[float, bool]:
+    """(seconds since the loop started, whether --minutes has run out). Under DDP, when --minutes
+    times the run, every rank takes the largest of the ranks' clocks: the ranks then stop after the
+    same step (one that stopped alone would leave the others waiting in their next all-reduce for
+    ever) and train each step at the same rate."""
     elapsed = time.monotonic() - started
-    if timed and world > 1:
+    if not opts.minutes:
+        return elapsed, False
+    if world > 1:
         flag = torch.tensor([elapsed], device=device, dtype=torch.float64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         elapsed = float(flag.item())
-    return elapsed
+    return elapsed, elapsed >= opts.minutes * 60
 
 
 def lr_scale(opts: TrainOptions, step: int, elapsed: float) -> float:
@@ -176,13 +178,13 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     started = time.monotonic()
-    timed = bool(opts.minutes)
     last_val: dict = {}
     last_ckpt = None
     t0, seen0 = time.perf_counter(), 0
-    elapsed = _elapsed(started, world, device, timed)
-    time_up = timed and elapsed >= opts.minutes * 60
+    elapsed, time_up = _clock(started, opts, world, device)
     while (opts.steps is None or step < opts.steps) and not time_up:
+        # set by hand each step rather than by a torch LR scheduler: the fall can follow the clock
+        # (--minutes), and the step alone says where it is, so a resume needs no scheduler state
         scale = lr_scale(opts, step, elapsed)
         for opt, lr in ((opt_g, opts.lr_g), (opt_d, opts.lr_d)):
             for group in opt.param_groups:
@@ -215,8 +217,7 @@ def fit(opts: TrainOptions, size: int, batches: Callable[[], Iterator[dict]],
             rate = seen0 / max(time.perf_counter() - t0, 1e-9)
             on_metrics(step, {"loss/d": d_loss.item(), "loss/g_adv": adv.item(), "loss/l1": l1.item(),
                               "loss/g": g_loss.item(), "train/images_per_second": rate, "train/lr_scale": scale})
-        elapsed = _elapsed(started, world, device, timed)
-        time_up = timed and elapsed >= opts.minutes * 60
+        elapsed, time_up = _clock(started, opts, world, device)
         finished = (opts.steps is not None and step >= opts.steps) or time_up
         if rank == 0 and (step % opts.checkpoint_every == 0 or finished):
             state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step,
