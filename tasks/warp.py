@@ -9,7 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from tasks.regions import face_region
+from tasks.regions import binary, face_region
 
 # 30 FaceMesh points spread over the face: brows, eye corners, irises, nose, mouth, jaw, forehead.
 TPS_POINTS = [70, 105, 107, 336, 334, 300,      # brows
@@ -84,4 +84,4 @@ def warp_reference(reference: np.ndarray, reference_lm: np.ndarray, target_lm: n
     warped = cv2.remap(reference, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     face = face_region(reference_lm[:, :2], reference.shape[:2])
     valid = cv2.remap(face, map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return warped, np.where(valid > 0, 255, 0).astype(np.uint8)
+    return warped, binary(valid)
