@@ -262,11 +262,12 @@ def folder(
                      str(masks) if masks else None)
     except (FileNotFoundError, ValueError) as exc:
         _fail(f"{exc} (see `unmask folder --help`)")
+    torch_needed = False
     if method == "gan" and not dry_run:  # no model: one line before anything starts
-        from tasks.registry import ModelNotFound, resolve_model, tracking_uri
+        from tasks.registry import ModelNotFound, needs_torch, resolve_model, tracking_uri
 
         try:
-            resolve_model(model, tracking_uri())
+            torch_needed = needs_torch(resolve_model(model, tracking_uri()))
         except ModelNotFound as exc:
             _fail(str(exc))
     with _fatal_errors():
@@ -277,7 +278,7 @@ def folder(
                       model=model, method=method, overwrite=overwrite, masks=str(masks) if masks else None,
                       assume_masked=assume_masked)
         todo = sum(1 for i in items if not i.get("status"))
-        preload = ("tasks.unmask", "torch", "model.networks") if method == "gan" else ("tasks.unmask",)
+        preload = ("tasks.unmask", "torch", "model.networks") if torch_needed else ("tasks.unmask",)
         early = early_cluster(workers, todo, preload) if not (dask_address or dry_run) \
             else contextlib.nullcontext()
         with early, prefect_api():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 FOLDER = Path(__file__).with_name("weights")
 WEIGHTS = FOLDER / "unmask-small.safetensors"
+GRAPH = FOLDER / "unmask-small.onnx"  # the same weights as an ONNX graph (model/onnx.py: no torch to run it)
 CARD = FOLDER / "unmask-small.json"
 URI = "shipped:unmask-small"  # how summaries and reports name it
 
@@ -57,3 +58,16 @@ def load(device: str = "cpu"):
     generator = build_generator(info["generator"], info["channels"])
     load_model(generator, str(WEIGHTS), strict=True)
     return generator.eval().to(torch.device(device)), info
+
+
+def graph() -> Path | None:
+    """The ONNX graph of the shipped weights, checked against the card's sha256, or None when the
+    card names none (then the weights run with torch)."""
+    info = card().get("onnx")
+    if not info:
+        return None
+    digest = sha256(GRAPH) if GRAPH.is_file() else "missing"
+    if digest != info["sha256"]:
+        raise ShippedModelError(f"{GRAPH} does not match its card (sha256 {digest[:12]}..., card says "
+                                f"{info['sha256'][:12]}...): reinstall unmask or run `make model`")
+    return GRAPH

@@ -10,6 +10,7 @@ import csv
 import functools
 import io
 import json
+import os
 import time
 from importlib.metadata import version
 from pathlib import Path, PurePosixPath
@@ -115,11 +116,22 @@ def list_folder(input_dir: str, output_dir: str) -> tuple[list[str], list[str]]:
     return images, outside
 
 
-def _reference_index(ref_dir: Path) -> dict[str, list[Path]]:
-    by_stem: dict[str, list[Path]] = {}
-    for p in sorted(ref_dir.rglob("*")):
-        if p.is_file() and is_image_name(p.name):
-            by_stem.setdefault(p.stem, []).append(p)
+def _reference_index(ref_dir: Path) -> dict[str, list[str]]:
+    """Paths of the image files under ref_dir by stem, each list in path order. Listed by os.scandir, whose
+    entries say file or folder without a stat per file, and sorted as strings split at the
+    separator (the order Path sorting gives): Path.rglob, is_file and sorting Path objects took
+    0.15 s on a folder of 6,000 references, twice in a run (the command and the flow each plan)."""
+    found, folders = [], [str(ref_dir)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    folders.append(e.path)
+                elif e.is_file() and is_image_name(e.name):
+                    found.append(e.path)
+    by_stem: dict[str, list[str]] = {}
+    for path in sorted(found, key=lambda f: f.split(os.sep)):
+        by_stem.setdefault(os.path.splitext(os.path.basename(path))[0], []).append(path)
     return by_stem
 
 
@@ -180,7 +192,8 @@ def _attach_references(items: list[dict], ref: Path) -> None:
         if item.get("status"):
             continue
         same = ref / item["input"]
-        match = same if same.is_file() else next(iter(index.get(PurePosixPath(item["input"]).stem, [])), None)
+        match = same if same.is_file() else next((Path(p) for p in index.get(PurePosixPath(item["input"]).stem, [])),
+                                                 None)
         if match is None:
             item["reason"] = "reference-missing"
         else:
@@ -259,10 +272,10 @@ def _load_method(opts: FolderOptions):
     if opts.method == "gan":
         from tasks.registry import load_generator  # mlflow and torch: only for the model
 
-        generator, device, size = load_generator(opts.model_uri, opts.tracking_uri or "")
+        run, batch, size = load_generator(opts.model_uri, opts.tracking_uri or "")
         # faces are analysed at opts.size and filled at their own resolution; the generator runs
         # at the size it was trained at (`unmask.fill_generator`)
-        return (lambda jobs: unmask.fill_generator(jobs, generator, device, size)), opts.size
+        return (lambda jobs: unmask.fill_generator(jobs, run, size, batch)), opts.size
     if opts.method in baselines.BASELINES:
         return functools.partial(unmask.fill_baseline, method=opts.method), opts.size
     raise ValueError(f"unknown method {opts.method!r}: use one of {METHODS + BASELINES}")

@@ -316,18 +316,29 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
 
 @functools.lru_cache(maxsize=2)
 def load_generator(uri: str, tracking_uri: str):
-    """(generator in eval mode, torch device, crop size it was trained at): loaded once per process."""
+    """(run, batch size, crop size it was trained at): the generator loaded once per process, as
+    run(masked, mask, reference, valid) on uint8 batches (`model.inference.run_generator`'s
+    arguments), and how many faces to give it at once.
+
+    The shipped model runs from its ONNX graph with OpenCV where no NVIDIA GPU is present: torch is
+    then never imported (2-3 s of every process that fills faces; `model/onnx.py`)."""
     from tasks.threads import pin_torch
 
     if uri.startswith("shipped:"):  # no MLflow: the weights and their card
-        import torch
-
         from model import shipped
+
+        graph = None if has_nvidia_driver() else shipped.graph()
+        if graph is not None:
+            from tasks.generator_onnx import OnnxGenerator
+
+            size = int(shipped.card()["size"])
+            return OnnxGenerator(graph, size).run, 1, size
+        import torch
 
         pin_torch()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         generator, card = shipped.load(device)
-        return generator, torch.device(device), int(card["size"])
+        return _torch_runner(generator, torch.device(device)) + (int(card["size"]),)
     import mlflow  # mlflow: seconds to import
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -337,4 +348,26 @@ def load_generator(uri: str, tracking_uri: str):
     # are this package's own, logged with its pinned requirements
     wrapper = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
     pin_torch()
-    return wrapper.generator, wrapper.device, int(wrapper.config.get("size", 256))
+    return _torch_runner(wrapper.generator, wrapper.device) + (int(wrapper.config.get("size", 256)),)
+
+
+def _torch_runner(generator, device) -> tuple:
+    """(run, batch size) of a torch generator: on a GPU faces go through in batches of 16, on a
+    CPU one at a time, which is faster per face there."""
+    from model.inference import run_generator
+
+    return functools.partial(run_generator, generator, device), 16 if device.type == "cuda" else 1
+
+
+def has_nvidia_driver() -> bool:
+    """Is an NVIDIA driver loaded (so torch may find a GPU)? Asked without importing torch."""
+    return Path("/proc/driver/nvidia/version").exists()
+
+
+def needs_torch(ref: "ModelRef") -> bool:
+    """Will filling with this model import torch (what a Dask worker should import early)?"""
+    if not ref.uri.startswith("shipped:") or has_nvidia_driver():
+        return True
+    from model import shipped
+
+    return shipped.graph() is None

@@ -164,18 +164,15 @@ def fill_paste(jobs: list[FaceJob], raw: bool = False) -> None:
     fill_baseline(jobs, "paste-raw" if raw else "paste")
 
 
-def fill_generator(jobs: list[FaceJob], generator, device, size: int, batch_size: int = 16) -> None:
+def fill_generator(jobs: list[FaceJob], run, size: int, batch_size: int = 1) -> None:
     """The generator on each face at its own size (`size`, what it was trained at), its result
-    brought back to the face's fill resolution by `compose`."""
-    from model.inference import run_generator
-
-    # On a GPU faces go through in batches; on a CPU one at a time, which is faster per face.
-    batch_size = batch_size if device.type == "cuda" else 1
+    brought back to the face's fill resolution by `compose`. run: the loaded generator
+    (`tasks.registry.load_generator`), given `batch_size` faces at a time."""
     small = [_at_model_size(j, size) for j in jobs]
     for i in range(0, len(jobs), batch_size):
         part = small[i:i + batch_size]
-        out = run_generator(generator, device, np.stack([p[0] for p in part]), np.stack([p[1] for p in part]),
-                            np.stack([p[2] for p in part]), np.stack([p[3] for p in part]))
+        out = run(np.stack([p[0] for p in part]), np.stack([p[1] for p in part]),
+                  np.stack([p[2] for p in part]), np.stack([p[3] for p in part]))
         for j, p, r in zip(jobs[i:i + batch_size], part, out):
             j.result = compose(j, r, p[2])
 

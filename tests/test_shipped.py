@@ -43,6 +43,90 @@ def test_damaged_shipped_weights_are_one_clear_error(tmp_path, monkeypatch):
         shipped.load.cache_clear()
 
 
+def test_the_shipped_graph_matches_its_card_and_fills_as_the_weights_do(masked_astronaut):
+    """The ONNX graph `unmask folder` runs on CPUs is the shipped weights: its checksum is the
+    card's, and on a real masked face its results are torch's to within one 8-bit level."""
+    import torch
+
+    from model.inference import run_generator
+    from tasks import unmask
+    from tasks.generator_onnx import OnnxGenerator
+
+    card = shipped.card()
+    assert shipped.graph() == shipped.GRAPH and shipped.sha256(shipped.GRAPH) == card["onnx"]["sha256"]
+    assert shipped.GRAPH.stat().st_size == card["onnx"]["bytes"] <= 10 * 1024 * 1024
+    photo = unmask.load_photo(cv2.imencode(".png", cv2.cvtColor(masked_astronaut[0], cv2.COLOR_RGB2BGR))[1].tobytes())
+    jobs, res = unmask.prepare_faces(photo, 256, None, {})
+    assert res.status == "ok" and jobs
+    crop, hole, reference, valid = (a[None] for a in unmask._at_model_size(jobs[0], card["size"]))
+    assert hole.any() and valid.any()
+    generator, _ = shipped.load("cpu")
+    with_torch = run_generator(generator, torch.device("cpu"), crop, hole, reference, valid)
+    with_onnx = OnnxGenerator(shipped.GRAPH, card["size"]).run(crop, hole, reference, valid)
+    diff = np.abs(with_torch.astype(int) - with_onnx.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+    assert np.abs(with_onnx.astype(int) - crop.astype(int))[hole > 0].mean() > 5  # it did fill the hole
+
+
+def test_the_recipe_writes_a_graph_opencv_runs_as_torch_runs(tmp_path):
+    """`make model`'s export (and `python -m flows.recipe onnx`) turn weights into a graph through
+    `model.onnx.export_generator`: made again from the shipped weights here, it gives the shipped
+    graph's results (so a torch or OpenCV upgrade that breaks the export shows here, not in a
+    three-hour `make model`)."""
+    from model.onnx import export_generator
+    from tasks.generator_onnx import OnnxGenerator
+
+    size = shipped.card()["size"]
+    path = tmp_path / "again.onnx"
+    path.write_bytes(export_generator(shipped.load("cpu")[0], size))
+    rng = np.random.default_rng(0)
+    crop = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    hole = np.zeros((1, size, size), np.uint8)
+    hole[:, size // 2:, size // 4: 3 * size // 4] = 255
+    valid = np.zeros_like(hole)
+    valid[:, size // 4:, size // 4: 3 * size // 4] = 255
+    reference = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
+    again = OnnxGenerator(path, size).run(crop, hole, reference, valid)
+    assert np.array_equal(again, OnnxGenerator(shipped.GRAPH, size).run(crop, hole, reference, valid))
+
+
+def test_a_damaged_shipped_graph_is_one_clear_error(tmp_path, monkeypatch):
+    bad = tmp_path / "g.onnx"
+    bad.write_bytes(shipped.GRAPH.read_bytes()[:-10] + b"0123456789")
+    monkeypatch.setattr(shipped, "GRAPH", bad)
+    with pytest.raises(shipped.ShippedModelError, match="does not match its card"):
+        shipped.graph()
+
+
+def test_filling_with_the_shipped_model_on_a_cpu_never_imports_torch(masked_astronaut, tmp_path):
+    """torch costs 2-3 s of every process that fills faces: without an NVIDIA GPU the shipped model
+    runs from its graph (OpenCV), in the command's own process and in Dask's workers alike."""
+    from tasks.registry import has_nvidia_driver
+
+    if has_nvidia_driver():
+        pytest.skip("an NVIDIA driver is loaded: the shipped model runs with torch here, on the GPU")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(masked_astronaut[0]).save(inp / "masked.png")
+    code = f"""
+import sys
+from tasks.folder import FolderOptions, plan, process_items
+from tasks.registry import needs_torch, shipped_ref
+ref = shipped_ref("shipped", "")
+assert not needs_torch(ref)
+opts = FolderOptions(input_dir={str(inp)!r}, output_dir={str(tmp_path / "out")!r}, method="gan")
+opts.use_model(ref)
+rows = process_items(plan(opts.input_dir, opts.output_dir), opts)
+assert [r["status"] for r in rows] == ["ok"], rows
+assert "torch" not in sys.modules, "torch was imported"
+print("filled without torch")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).parents[1])
+    assert res.returncode == 0 and "filled without torch" in res.stdout, res.stderr[-3000:]
+    assert (tmp_path / "out" / "images" / "masked.png").is_file()
+
+
 def _large_masked_face(scale: int = 3):
     """skimage's astronaut enlarged x3 (1536 px, a face of about 600 px) with fine sensor-like
     grain, so the photo has detail at its own resolution; a mask rendered on it."""

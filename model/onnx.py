@@ -1,0 +1,42 @@
+"""The generator as an ONNX graph that OpenCV's DNN module runs: CPU inference without torch.
+
+Importing torch costs 2-3 s of every process that fills faces (the command's own, each Dask
+worker's), more than a one-photo run's whole fill. The shipped small generator is also written as
+an ONNX graph (`flows.recipe export`, `python -m flows.recipe onnx`), which `tasks.generator_onnx`
+runs with OpenCV, already loaded for everything else; its results match torch's to within one
+8-bit level (tests/test_shipped.py).
+"""
+from __future__ import annotations
+
+import io
+
+import torch
+from torch import nn
+
+INPUTS = ("masked", "mask", "reference", "valid")
+
+
+class _Result(nn.Module):
+    """The generator's composited result alone (what inference keeps), for export."""
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, masked, mask, reference, valid):
+        return self.generator(masked, mask, reference, valid).result
+
+
+def export_generator(generator: nn.Module, size: int) -> bytes:
+    """ONNX bytes of `generator` (on the CPU, in eval mode) for one face of `size` px: inputs as
+    the generator takes them (masked crop, hole, reference, validity; NCHW in 0..1), output its
+    `result` in -1..1. The legacy TorchScript exporter at opset 13, as for the mask segmenter:
+    OpenCV's importer reads what it writes."""
+    generator = generator.to("cpu").eval()
+    example = (torch.zeros(1, 3, size, size), torch.zeros(1, 1, size, size), torch.zeros(1, 3, size, size),
+               torch.zeros(1, 1, size, size))
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(_Result(generator), example, buf, dynamo=False, opset_version=13,
+                          input_names=list(INPUTS), output_names=["result"])
+    return buf.getvalue()
