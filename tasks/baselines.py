@@ -31,9 +31,7 @@ def _inpaint(crop: np.ndarray, hole: np.ndarray, flags: int) -> np.ndarray:
     small_hole = cv2.dilate(_u8(cv2.resize(h, size, interpolation=cv2.INTER_AREA)), np.ones((3, 3), np.uint8))
     filled = cv2.resize(cv2.inpaint(small, small_hole, RADIUS, flags), (crop.shape[1], crop.shape[0]),
                         interpolation=cv2.INTER_LINEAR)
-    out = crop.copy()
-    out[h > 0] = filled[h > 0]
-    return out
+    return _put(crop.copy(), filled, h)
 
 
 def telea(crop: np.ndarray, hole: np.ndarray, reference=None, valid=None) -> np.ndarray:
@@ -49,10 +47,9 @@ def navier_stokes(crop: np.ndarray, hole: np.ndarray, reference=None, valid=None
 def paste(crop: np.ndarray, hole: np.ndarray, reference: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """The strong simple baseline: the warped reference pasted into the hole where it is valid;
     Telea where it does not reach."""
-    out = crop.copy()
-    covered = (hole > 0) & (valid > 0)
-    out[covered] = reference[covered]
-    rest = (hole > 0) & ~covered
+    covered = cv2.bitwise_and(_u8(hole), _u8(valid))
+    out = _put(crop.copy(), reference, covered)
+    rest = cv2.bitwise_and(_u8(hole), cv2.bitwise_not(covered))
     return telea(out, rest) if rest.any() else out
 
 
@@ -63,4 +60,13 @@ BASELINES: dict[str, Baseline] = {"paste": paste, "paste-raw": paste, "telea": t
 
 
 def _u8(hole: np.ndarray) -> np.ndarray:
-    return (np.asarray(hole) > 0).astype(np.uint8) * 255
+    hole = np.asarray(hole)
+    if hole.dtype == np.uint8:
+        return cv2.compare(hole, 0, cv2.CMP_GT)
+    return (hole > 0).astype(np.uint8) * 255
+
+
+def _put(out: np.ndarray, src: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """out with src's pixels where `where` (0/255 uint8) is set, in place. OpenCV's masked copy:
+    numpy's boolean-index assignment took 20 ms on a 1,024 px face, this under one."""
+    return cv2.copyTo(src, where, out)
