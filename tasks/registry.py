@@ -364,7 +364,7 @@ def has_nvidia_driver() -> bool:
     return Path("/proc/driver/nvidia/version").exists()
 
 
-def needs_torch(ref: "ModelRef") -> bool:
+def needs_torch(ref: ModelRef) -> bool:
     """Will filling with this model import torch (what a Dask worker should import early)?"""
     if not ref.uri.startswith("shipped:") or has_nvidia_driver():
         return True

@@ -22,11 +22,11 @@ from tasks.baselines import BASELINES
 from tasks.errors import Reject
 from tasks.generic import KIND as GENERIC
 from tasks.generic import generic_reference
+from tasks.geometry import predict_landmarks
 from tasks.images import MAX_PIXELS, PNG_FAST, _to_rgb_array, open_image
 from tasks.landmarks import detect_faces
 from tasks.presence import has_mask
 from tasks.regions import binary, box_of, face_region, grow
-from tasks.geometry import predict_landmarks
 from tasks.reference import largest_face, reference_crop, warp_onto_landmarks
 from tasks.segment import segment_mask
 from tasks.timing import lap
@@ -102,8 +102,8 @@ class FaceJob:
     landmarks: np.ndarray     # in crop pixels, with depth; the hidden ones predicted (tasks.geometry)
     matrix: np.ndarray        # 2x3 photo -> crop
     hole: np.ndarray          # size x size 0/255: what is filled (the found mask, grown)
-    reference: np.ndarray     # colour-matched warped reference (zeros without one)
-    valid: np.ndarray         # 0/255
+    reference: np.ndarray | None  # colour-matched warped reference (None until warped: at_fill_resolution)
+    valid: np.ndarray | None      # 0/255, where the reference shows its own face
     reference_raw: np.ndarray | None = None  # the same before colour matching
     found: np.ndarray | None = None          # the mask as segmented (0/255), for masks/
     result: np.ndarray | None = None
