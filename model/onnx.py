@@ -28,15 +28,21 @@ class _Result(nn.Module):
 
 
 def export_generator(generator: nn.Module, size: int) -> bytes:
-    """ONNX bytes of `generator` (on the CPU, in eval mode) for one face of `size` px: inputs as
+    """ONNX bytes of `generator` (on the CPU; exported in eval mode) for one face of `size` px: inputs as
     the generator takes them (masked crop, hole, reference, validity; NCHW in 0..1), output its
     `result` in -1..1. The legacy TorchScript exporter at opset 13, as for the mask segmenter:
     OpenCV's importer reads what it writes."""
-    generator = generator.to("cpu").eval()
     example = (torch.zeros(1, 3, size, size), torch.zeros(1, 1, size, size), torch.zeros(1, 3, size, size),
                torch.zeros(1, 1, size, size))
     buf = io.BytesIO()
-    with torch.no_grad():
-        torch.onnx.export(_Result(generator), example, buf, dynamo=False, opset_version=13,
-                          input_names=list(INPUTS), output_names=["result"])
+    # The exporter puts the module it is given back in that module's mode afterwards: a wrapper made
+    # here starts in training mode and would leave the caller's generator in it (the shipped model
+    # is one shared, cached object), so the wrapper is in eval mode and the generator's mode is kept.
+    was_training = generator.training
+    try:
+        with torch.no_grad():
+            torch.onnx.export(_Result(generator.to("cpu")).eval(), example, buf, dynamo=False, opset_version=13,
+                              input_names=list(INPUTS), output_names=["result"])
+    finally:
+        generator.train(was_training)
     return buf.getvalue()

@@ -78,7 +78,9 @@ def test_the_recipe_writes_a_graph_opencv_runs_as_torch_runs(tmp_path):
 
     size = shipped.card()["size"]
     path = tmp_path / "again.onnx"
-    path.write_bytes(export_generator(shipped.load("cpu")[0], size))
+    generator = shipped.load("cpu")[0]  # the one cached object every caller shares
+    path.write_bytes(export_generator(generator, size))
+    assert not generator.training  # the export left it as it found it
     rng = np.random.default_rng(0)
     crop = rng.integers(0, 256, (1, size, size, 3), dtype=np.uint8)
     hole = np.zeros((1, size, size), np.uint8)
