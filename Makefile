@@ -19,6 +19,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps dlib-bin==20.0.1.post1 face-recognition-models==0.3.0
 	# a migrated Prefect database that new UNMASK_HOMEs start from (flows/server.py: 8-9 s off a first run)
 	$(BIN)/python -m flows.server --make-template
+	# the shipped generator as an ONNX graph, so that filling on a CPU never imports torch (model/onnx.py)
+	$(BIN)/python -m model.shipped
 	touch $(STAMP)
 
 demo: install

@@ -111,38 +111,9 @@ def export(run_dir: Path, command: str) -> dict:
         "validation": {k: round(v, 3) for k, v in val["scores"].items()},
         "validation_cases": val.get("cases"),
     }
-    card["onnx"] = write_graph(card)
     shipped.CARD.write_text(json.dumps(card, indent=2) + "\n")
     (shipped.FOLDER / "MODEL_CARD.md").write_text(model_card(card))
-    return card
-
-
-def write_graph(card: dict) -> dict:
-    """The shipped weights (of the generator `card` describes) as an ONNX graph beside them
-    (`model/onnx.py`); its sha256 and size."""
-    from safetensors.torch import load_model
-
-    from model import shipped
-    from model.networks import build_generator
-    from model.onnx import export_generator
-
-    generator = build_generator(card["generator"], card["channels"])
-    load_model(generator, str(shipped.WEIGHTS), strict=True)
-    shipped.GRAPH.write_bytes(export_generator(generator, int(card["size"])))
-    return {"sha256": shipped.sha256(shipped.GRAPH), "bytes": shipped.GRAPH.stat().st_size}
-
-
-def add_graph() -> dict:
-    """`python -m flows.recipe onnx`: (re)write the graph of the weights already shipped and name
-    it in their card (a model exported before graphs were shipped gets one without retraining)."""
-    from model import shipped
-
-    card = shipped.card()
-    if card["sha256"] != shipped.sha256(shipped.WEIGHTS):
-        raise SystemExit(f"{shipped.WEIGHTS} does not match its card")
-    card["onnx"] = write_graph(card)
-    shipped.CARD.write_text(json.dumps(card, indent=2) + "\n")
-    (shipped.FOLDER / "MODEL_CARD.md").write_text(model_card(card))
+    shipped.write_graph()  # this environment's ONNX graph of the new weights
     return card
 
 
@@ -154,12 +125,6 @@ def _schedule(card: dict) -> str:
         return f", at constant learning rates{rate}"
     return (f"; both learning rates{rate} held until the last {decay:.0%} of the steps, then falling "
             f"linearly to zero")
-
-
-def _graph_line(card: dict) -> str:
-    g = card.get("onnx")
-    return (f"- the same weights as an ONNX graph, run by OpenCV on CPUs (no torch to import): "
-            f"`unmask-small.onnx`, {g['bytes']:,} bytes, sha256 `{g['sha256']}`\n") if g else ""
 
 
 def model_card(card: dict) -> str:
@@ -179,7 +144,7 @@ a correction over the colour-matched paste), {card['size']} px, trained {card['s
 faces on a CPU, with the SN-PatchGAN discriminator beside the L1 losses{_schedule(card)}.
 
 - weights: `unmask-small.safetensors`, {card['bytes']:,} bytes, sha256 `{card['sha256']}`
-{_graph_line(card)}- made: {card['made']} by `{card['command']}` (the recipe: `flows/recipe.py`, `Makefile`)
+- made: {card['made']} by `{card['command']}` (the recipe: `flows/recipe.py`, `Makefile`)
 - licence: {card['licence']}
 - notice carried by every output it makes: "{card['notice']}"
 
@@ -215,14 +180,11 @@ def main() -> None:
     e = sub.add_parser("export", help="the run's generator and card into model/weights")
     e.add_argument("run_dir", type=Path)
     e.add_argument("--command", default="make model")
-    sub.add_parser("onnx", help="(re)write the ONNX graph of the shipped weights and name it in their card")
     args = ap.parse_args()
     if args.step == "stage":
         if not (args.data / "faces-bulk").is_dir():
             raise SystemExit(f"{args.data / 'faces-bulk'} does not exist: --data names the shared data folder")
         print(json.dumps(stage(args.data, args.out, args.bulk)))
-    elif args.step == "onnx":
-        print(json.dumps(add_graph()["onnx"]))
     else:
         print(json.dumps(export(args.run_dir, args.command), indent=2))
 

@@ -1,10 +1,10 @@
 """The generator as an ONNX graph that OpenCV's DNN module runs: CPU inference without torch.
 
 Importing torch costs 2-3 s of every process that fills faces (the command's own, each Dask
-worker's), more than a one-photo run's whole fill. The shipped small generator is also written as
-an ONNX graph (`flows.recipe export`, `python -m flows.recipe onnx`), which `tasks.generator_onnx`
-runs with OpenCV, already loaded for everything else; its results match torch's to within one
-8-bit level (tests/test_shipped.py).
+worker's), more than a one-photo run's whole fill. `make install` builds the shipped small
+generator's graph from its weights (`model.shipped.write_graph`), which `tasks.generator_onnx` runs
+with OpenCV, already loaded for everything else; its results match torch's to within one 8-bit
+level (tests/test_shipped.py).
 """
 from __future__ import annotations
 

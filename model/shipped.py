@@ -10,11 +10,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
+import sys
 from pathlib import Path
 
 FOLDER = Path(__file__).with_name("weights")
 WEIGHTS = FOLDER / "unmask-small.safetensors"
-GRAPH = FOLDER / "unmask-small.onnx"  # the same weights as an ONNX graph (model/onnx.py: no torch to run it)
+# The same weights as an ONNX graph (model/onnx.py: OpenCV runs it, no torch to import). Not kept in
+# git: `make install` builds it from the weights into the environment's share/unmask (as the Prefect
+# database template), named after the weights' sha256 so a new model never meets an old graph.
+GRAPHS = Path(sys.prefix) / "share" / "unmask"
 CARD = FOLDER / "unmask-small.json"
 URI = "shipped:unmask-small"  # how summaries and reports name it
 
@@ -60,14 +65,39 @@ def load(device: str = "cpu"):
     return generator.eval().to(torch.device(device)), info
 
 
+def graph_path() -> Path:
+    """Where the graph of the shipped weights is (or would be) built."""
+    return GRAPHS / f"unmask-small-{card()['sha256'][:16]}.onnx"
+
+
 def graph() -> Path | None:
-    """The ONNX graph of the shipped weights, checked against the card's sha256, or None when the
-    card names none (then the weights run with torch)."""
-    info = card().get("onnx")
-    if not info:
+    """The ONNX graph of the shipped weights, checked against the sha256 noted when it was built, or
+    None when none was built (then the weights run with torch)."""
+    path = graph_path()
+    noted = path.with_suffix(".sha256")
+    if not path.is_file() or not noted.is_file():
         return None
-    digest = sha256(GRAPH) if GRAPH.is_file() else "missing"
-    if digest != info["sha256"]:
-        raise ShippedModelError(f"{GRAPH} does not match its card (sha256 {digest[:12]}..., card says "
-                                f"{info['sha256'][:12]}...): reinstall unmask or run `make model`")
-    return GRAPH
+    digest = sha256(path)
+    if digest != noted.read_text().strip():
+        raise ShippedModelError(f"{path} is damaged (sha256 {digest[:12]}..., built as "
+                                f"{noted.read_text().strip()[:12]}...): run `python -m model.shipped` to build it again")
+    return path
+
+
+def write_graph() -> Path:
+    """Build the graph of the shipped weights (checked against their card first), atomically."""
+    from model.onnx import export_generator
+
+    generator, info = load("cpu")
+    path = graph_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = export_generator(generator, int(info["size"]))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    path.with_suffix(".sha256").write_text(sha256(path) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    print(f"ONNX graph of the shipped weights: {write_graph()}")

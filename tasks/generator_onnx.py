@@ -10,11 +10,10 @@ import numpy as np
 
 
 class OnnxGenerator:
-    """A generator graph of one face at `size` px, loaded once per process."""
+    """A generator graph (of one face at the size it was exported for), loaded once per process."""
 
-    def __init__(self, path: str | Path, size: int):
+    def __init__(self, path: str | Path):
         self.net = cv2.dnn.readNetFromONNX(str(path))
-        self.size = size
 
     def run(self, masked: np.ndarray, mask: np.ndarray, reference: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """Batch of uint8 crops (NxHxWx3 / NxHxW) through the generator; uint8 NxHxWx3 results."""

@@ -327,12 +327,11 @@ def load_generator(uri: str, tracking_uri: str):
     if uri.startswith("shipped:"):  # no MLflow: the weights and their card
         from model import shipped
 
-        graph = None if has_nvidia_driver() else shipped.graph()
+        graph = _cpu_graph()
         if graph is not None:
             from tasks.generator_onnx import OnnxGenerator
 
-            size = int(shipped.card()["size"])
-            return OnnxGenerator(graph, size).run, 1, size
+            return OnnxGenerator(graph).run, 1, int(shipped.card()["size"])
         import torch
 
         pin_torch()
@@ -364,10 +363,13 @@ def has_nvidia_driver() -> bool:
     return Path("/proc/driver/nvidia/version").exists()
 
 
-def needs_torch(ref: ModelRef) -> bool:
-    """Will filling with this model import torch (what a Dask worker should import early)?"""
-    if not ref.uri.startswith("shipped:") or has_nvidia_driver():
-        return True
+def _cpu_graph() -> Path | None:
+    """The shipped model's ONNX graph when it is built and no NVIDIA GPU is there to run torch on."""
     from model import shipped
 
-    return shipped.graph() is None
+    return None if has_nvidia_driver() else shipped.graph()
+
+
+def needs_torch(ref: ModelRef) -> bool:
+    """Will filling with this model import torch (what a Dask worker should import early)?"""
+    return not ref.uri.startswith("shipped:") or _cpu_graph() is None
