@@ -2,9 +2,10 @@
 
 Importing torch costs 2-3 s of every process that fills faces (the command's own, each Dask
 worker's), more than a one-photo run's whole fill. `make install` builds the shipped small
-generator's graph from its weights (`model.shipped.write_graph`), which `tasks.generator_onnx` runs
-with OpenCV, already loaded for everything else; its results match torch's to within one 8-bit
-level (tests/test_shipped.py).
+generator's graph from its weights (`model.shipped.write_graph`), and every model training logs
+carries its own (`tasks.registry.log_generator`); `tasks.generator_onnx` runs them with OpenCV,
+already loaded for everything else. Results match torch's to within one 8-bit level
+(tests/test_shipped.py, tests/test_registry_graph.py).
 """
 from __future__ import annotations
 

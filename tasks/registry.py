@@ -6,6 +6,7 @@ commands that track nothing (`unmask --help`, `unmask folder --method paste`) mu
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -25,6 +26,8 @@ log = logging.getLogger("unmask.tracking")
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT = "unmask"
 GATE_MARGIN_DB = 0.1
+GRAPH = "generator.onnx"   # a logged model's ONNX graph, under its artifacts/ (log_generator)
+GRAPH_TAG = "onnx_graph"   # the logged model's tag that says it has one
 DATA_LICENCE = "non-commercial / research only (FFHQ, MaskedFace-Net: CC BY-NC-SA 4.0; other sets: research use)"
 
 
@@ -128,10 +131,15 @@ def log_generator(generator, kind: str, channels: int, size: int, data_tags: dic
         config.write_text(json.dumps({"generator": kind, "channels": channels, "size": size}))
         example = example_input(size)
         output = np.zeros((1, 3, size, size), np.float32)
+        artifacts = {"weights": str(weights), "config": str(config)}
+        graph = _write_graph(generator, size, Path(tmp) / GRAPH)
+        if graph is not None:
+            artifacts["graph"] = str(graph)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(REPO / "model" / "pyfunc.py"),
-            artifacts={"weights": str(weights), "config": str(config)},
+            artifacts=artifacts,
+            tags={GRAPH_TAG: GRAPH} if graph is not None else None,
             code_paths=[str(REPO / "model")],
             input_example=example,
             signature=infer_signature(example, output),
@@ -140,6 +148,25 @@ def log_generator(generator, kind: str, channels: int, size: int, data_tags: dic
                       "weights_bytes": weights.stat().st_size, **data_tags},
         )
     return info.model_uri
+
+
+def _write_graph(generator, size: int, path: Path) -> Path | None:
+    """The generator as an ONNX graph at `path`, which `load_generator` runs with OpenCV on a CPU (as
+    the shipped model's): no torch import in the processes that fill faces. A copy is exported, so
+    the caller's generator stays on its device. None where OpenCV cannot run it: the full generator's
+    attention has no opset-13 form; such a model runs with torch."""
+    import cv2
+
+    from model.onnx import export_generator
+
+    try:
+        path.write_bytes(export_generator(copy.deepcopy(generator).cpu().float(), size))
+        cv2.dnn.readNetFromONNX(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure to export or to import it means no graph
+        log.info("no ONNX graph for this generator (it runs with torch): %s", str(exc).splitlines()[0][:200])
+        path.unlink(missing_ok=True)
+        return None
+    return path
 
 
 def score_model(model_uri: str, cases: list[dict]) -> float:
@@ -235,6 +262,7 @@ class ModelRef:
     version: str | None   # registry version, when there is one
     tracking_uri: str
     notice: str = NOTICE  # the one-line licence notice outputs carry
+    graph: bool = False   # logged with its ONNX graph (GRAPH): on a CPU it fills without torch
 
 
 def store_exists(tracking_uri: str) -> bool:
@@ -285,25 +313,26 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
         folder = Path(asked.removeprefix("file://")).expanduser()
         if not (folder / "MLmodel").is_file():
             raise ModelNotFound(_how_to_get_one(asked, tracking_uri) + f" ({folder} has no MLmodel file)")
-        return ModelRef(str(folder.resolve()), asked, None, tracking_uri)
+        return ModelRef(str(folder.resolve()), asked, None, tracking_uri, graph=(folder / "artifacts" / GRAPH).is_file())
     if asked.startswith("models:/"):
         name, _, rest = asked.removeprefix("models:/").partition("@")
         client = MlflowClient()
         if not rest and "/" not in name:  # MLflow 3 logged model, models:/m-<id>: not in the registry
             try:
-                client.get_logged_model(name)
+                logged = client.get_logged_model(name)
             except MlflowException as exc:
                 raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
-            return ModelRef(asked, asked, None, tracking_uri)
+            return ModelRef(asked, asked, None, tracking_uri, graph=GRAPH_TAG in logged.tags)
         try:
             if rest:
-                version = client.get_model_version_by_alias(name, rest).version
+                found = client.get_model_version_by_alias(name, rest)
             else:
-                name, _, version = name.partition("/")
-                client.get_model_version(name, version)
+                name, _, number = name.partition("/")
+                found = client.get_model_version(name, number)
         except MlflowException as exc:
             raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
-        return ModelRef(f"models:/{name}/{version}", asked, str(version), tracking_uri)
+        return ModelRef(f"models:/{name}/{found.version}", asked, str(found.version), tracking_uri,
+                        graph=_has_graph(client, found.source))
     if asked.startswith("runs:/"):
         try:
             mlflow.artifacts.list_artifacts(asked)
@@ -314,14 +343,27 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
                         f"or a local model folder")
 
 
+def _has_graph(client, source: str) -> bool:
+    """Was the registered version's logged model (source models:/m-<id>) logged with its graph?"""
+    from mlflow.exceptions import MlflowException
+
+    if not source.startswith("models:/m-"):
+        return False
+    try:
+        return GRAPH_TAG in client.get_logged_model(source.removeprefix("models:/")).tags
+    except MlflowException:
+        return False
+
+
 @functools.lru_cache(maxsize=2)
 def load_generator(uri: str, tracking_uri: str):
     """(run, batch size, crop size it was trained at): the generator loaded once per process, as
     run(masked, mask, reference, valid) on uint8 batches (`model.inference.run_generator`'s
     arguments), and how many faces to give it at once.
 
-    The shipped model runs from its ONNX graph with OpenCV where no NVIDIA GPU is present: torch is
-    then never imported (2-3 s of every process that fills faces; `model/onnx.py`)."""
+    The shipped model, and a logged one with its graph (`log_generator` adds it where OpenCV can run
+    it: the small generator), run from their ONNX graph with OpenCV where no NVIDIA GPU is present: torch is then never imported (2-3 s
+    of every process that fills faces; `model/onnx.py`). Older logged models run with torch."""
     from tasks.threads import pin_torch
 
     if uri.startswith("shipped:"):  # no MLflow: the weights and their card
@@ -342,12 +384,32 @@ def load_generator(uri: str, tracking_uri: str):
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
+    if not has_nvidia_driver():  # its ONNX graph, when it was logged with one (log_generator)
+        loaded = _graph_of(uri)
+        if loaded is not None:
+            return loaded
     # suppress_warnings: without it MLflow compares the model's pip requirements with every installed
     # distribution (importlib.metadata over site-packages: 1-2 s per load); the registered models
     # are this package's own, logged with its pinned requirements
     wrapper = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
     pin_torch()
     return _torch_runner(wrapper.generator, wrapper.device) + (int(wrapper.config.get("size", 256)),)
+
+
+def _graph_of(uri: str) -> tuple | None:
+    """(run, 1, size) of a logged model's ONNX graph, or None where it was logged without one. The
+    model is fetched into a scratch folder that is gone once OpenCV has read the graph."""
+    import mlflow  # mlflow: seconds to import
+
+    from tasks.generator_onnx import OnnxGenerator
+
+    with tempfile.TemporaryDirectory(prefix="unmask-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        graph, config = local / "artifacts" / GRAPH, local / "artifacts" / "config.json"
+        if not graph.is_file():
+            return None
+        size = int(json.loads(config.read_text()).get("size", 256)) if config.is_file() else 256
+        return OnnxGenerator(graph).run, 1, size
 
 
 def _torch_runner(generator, device) -> tuple:
@@ -372,4 +434,6 @@ def _cpu_graph() -> Path | None:
 
 def needs_torch(ref: ModelRef) -> bool:
     """Will filling with this model import torch (what a Dask worker should import early)?"""
-    return not ref.uri.startswith("shipped:") or _cpu_graph() is None
+    if ref.uri.startswith("shipped:"):
+        return _cpu_graph() is None
+    return not ref.graph or has_nvidia_driver()
