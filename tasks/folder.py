@@ -43,6 +43,7 @@ class FolderOptions(BaseModel):
     model_asked: str | None = None
     model_version: str | None = None
     model_notice: str | None = None    # the licence its training data pass on to what it makes
+    model_graph: str = ""              # its ONNX graph's folder, when it has one (ModelRef.graph)
     tracking_uri: str | None = None
     size: int = 256
     overwrite: bool = False
@@ -54,7 +55,7 @@ class FolderOptions(BaseModel):
     def use_model(self, ref) -> None:
         """Pin the generator to a resolved model (a tasks.registry.ModelRef)."""
         self.model_uri, self.model_asked, self.model_version = ref.uri, ref.asked, ref.version
-        self.model_notice = ref.notice
+        self.model_notice, self.model_graph = ref.notice, ref.graph
         self.tracking_uri = ref.tracking_uri
 
 
@@ -272,7 +273,7 @@ def _load_method(opts: FolderOptions):
     if opts.method == "gan":
         from tasks.registry import load_generator  # mlflow and torch: only for the model
 
-        run, batch, size = load_generator(opts.model_uri, opts.tracking_uri or "")
+        run, batch, size = load_generator(opts.model_uri, opts.tracking_uri or "", opts.model_graph)
         # faces are analysed at opts.size and filled at their own resolution; the generator runs
         # at the size it was trained at (`unmask.fill_generator`)
         return (lambda jobs: unmask.fill_generator(jobs, run, size, batch)), opts.size

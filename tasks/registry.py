@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -262,7 +263,8 @@ class ModelRef:
     version: str | None   # registry version, when there is one
     tracking_uri: str
     notice: str = NOTICE  # the one-line licence notice outputs carry
-    graph: bool = False   # logged with its ONNX graph (GRAPH): on a CPU it fills without torch
+    graph: str = ""       # a local folder with its ONNX graph and config (fetched once, `_local_graph`):
+                          # on a CPU it fills from that, without torch or MLflow
 
 
 def store_exists(tracking_uri: str) -> bool:
@@ -313,16 +315,18 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
         folder = Path(asked.removeprefix("file://")).expanduser()
         if not (folder / "MLmodel").is_file():
             raise ModelNotFound(_how_to_get_one(asked, tracking_uri) + f" ({folder} has no MLmodel file)")
-        return ModelRef(str(folder.resolve()), asked, None, tracking_uri, graph=(folder / "artifacts" / GRAPH).is_file())
+        graph = folder.resolve() / "artifacts"
+        return ModelRef(str(folder.resolve()), asked, None, tracking_uri,
+                        graph=str(graph) if (graph / GRAPH).is_file() else "")
     if asked.startswith("models:/"):
         name, _, rest = asked.removeprefix("models:/").partition("@")
         client = MlflowClient()
         if not rest and "/" not in name:  # MLflow 3 logged model, models:/m-<id>: not in the registry
             try:
-                logged = client.get_logged_model(name)
+                client.get_logged_model(name)
             except MlflowException as exc:
                 raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
-            return ModelRef(asked, asked, None, tracking_uri, graph=GRAPH_TAG in logged.tags)
+            return ModelRef(asked, asked, None, tracking_uri, graph=_local_graph(client, asked))
         try:
             if rest:
                 found = client.get_model_version_by_alias(name, rest)
@@ -332,7 +336,7 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
         except MlflowException as exc:
             raise ModelNotFound(_how_to_get_one(asked, tracking_uri)) from exc
         return ModelRef(f"models:/{name}/{found.version}", asked, str(found.version), tracking_uri,
-                        graph=_has_graph(client, found.source))
+                        graph=_local_graph(client, found.source))
     if asked.startswith("runs:/"):
         try:
             mlflow.artifacts.list_artifacts(asked)
@@ -343,73 +347,81 @@ def resolve_model(asked: str | None, tracking_uri: str) -> ModelRef:
                         f"or a local model folder")
 
 
-def _has_graph(client, source: str) -> bool:
-    """Was the registered version's logged model (source models:/m-<id>) logged with its graph?"""
+def _local_graph(client, source: str) -> str:
+    """A folder in UNMASK_HOME with the ONNX graph and config of the logged model `source`
+    (models:/m-<id>, what a registered version points at), fetched the first time; "" where it was
+    logged without a graph (or is not a logged model). A logged model never changes, so its id
+    names the copy; workers then load the graph with no MLflow import."""
+    import mlflow
     from mlflow.exceptions import MlflowException
 
-    if not source.startswith("models:/m-"):
-        return False
+    model_id = source.removeprefix("models:/")
+    if not model_id.startswith("m-"):
+        return ""
+    folder = unmask_home() / "graphs" / model_id
+    if (folder / GRAPH).is_file() and (folder / "config.json").is_file():
+        return str(folder)
     try:
-        return GRAPH_TAG in client.get_logged_model(source.removeprefix("models:/")).tags
+        if GRAPH_TAG not in client.get_logged_model(model_id).tags:
+            return ""
     except MlflowException:
-        return False
+        return ""
+    with tempfile.TemporaryDirectory(prefix="unmask-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)) / "artifacts"
+        if not (local / GRAPH).is_file():
+            return ""
+        part = folder.with_name(folder.name + ".part")  # whole or not at all: renamed when complete
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        for name in (GRAPH, "config.json"):
+            shutil.copyfile(local / name, part / name)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(part, folder)
+    return str(folder)
 
 
 @functools.lru_cache(maxsize=2)
-def load_generator(uri: str, tracking_uri: str):
+def load_generator(uri: str, tracking_uri: str, graph: str = ""):
     """(run, batch size, crop size it was trained at): the generator loaded once per process, as
     run(masked, mask, reference, valid) on uint8 batches (`model.inference.run_generator`'s
-    arguments), and how many faces to give it at once.
+    arguments), and how many faces to give it at once. graph: the model's ONNX graph folder
+    (ModelRef.graph), when it has one.
 
     The shipped model, and a logged one with its graph (`log_generator` adds it where OpenCV can run
-    it: the small generator), run from their ONNX graph with OpenCV where no NVIDIA GPU is present: torch is then never imported (2-3 s
-    of every process that fills faces; `model/onnx.py`). Older logged models run with torch."""
+    it: the small generator), run from their ONNX graph with OpenCV where no NVIDIA GPU is present:
+    torch is then never imported (2-3 s of every process that fills faces; `model/onnx.py`), nor
+    MLflow for a logged one. Other logged models run with torch."""
     from tasks.threads import pin_torch
 
     if uri.startswith("shipped:"):  # no MLflow: the weights and their card
         from model import shipped
 
-        graph = _cpu_graph()
-        if graph is not None:
+        built = _cpu_graph()
+        if built is not None:
             from tasks.generator_onnx import OnnxGenerator
 
-            return OnnxGenerator(graph).run, 1, int(shipped.card()["size"])
+            return OnnxGenerator(built).run, 1, int(shipped.card()["size"])
         import torch
 
         pin_torch()
         device = "cuda" if torch.cuda.is_available() else "cpu"
         generator, card = shipped.load(device)
         return _torch_runner(generator, torch.device(device)) + (int(card["size"]),)
+    if graph and not has_nvidia_driver() and (Path(graph) / GRAPH).is_file():  # no MLflow, no torch
+        from tasks.generator_onnx import OnnxGenerator
+
+        config = json.loads((Path(graph) / "config.json").read_text())
+        return OnnxGenerator(Path(graph) / GRAPH).run, 1, int(config.get("size", 256))
     import mlflow  # mlflow: seconds to import
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
-    if not has_nvidia_driver():  # its ONNX graph, when it was logged with one (log_generator)
-        loaded = _graph_of(uri)
-        if loaded is not None:
-            return loaded
     # suppress_warnings: without it MLflow compares the model's pip requirements with every installed
     # distribution (importlib.metadata over site-packages: 1-2 s per load); the registered models
     # are this package's own, logged with its pinned requirements
     wrapper = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
     pin_torch()
     return _torch_runner(wrapper.generator, wrapper.device) + (int(wrapper.config.get("size", 256)),)
-
-
-def _graph_of(uri: str) -> tuple | None:
-    """(run, 1, size) of a logged model's ONNX graph, or None where it was logged without one. The
-    model is fetched into a scratch folder that is gone once OpenCV has read the graph."""
-    import mlflow  # mlflow: seconds to import
-
-    from tasks.generator_onnx import OnnxGenerator
-
-    with tempfile.TemporaryDirectory(prefix="unmask-model-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        graph, config = local / "artifacts" / GRAPH, local / "artifacts" / "config.json"
-        if not graph.is_file():
-            return None
-        size = int(json.loads(config.read_text()).get("size", 256)) if config.is_file() else 256
-        return OnnxGenerator(graph).run, 1, size
 
 
 def _torch_runner(generator, device) -> tuple:
