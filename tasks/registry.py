@@ -370,13 +370,16 @@ def _local_graph(client, source: str) -> str:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)) / "artifacts"
         if not (local / GRAPH).is_file():
             return ""
-        part = folder.with_name(folder.name + ".part")  # whole or not at all: renamed when complete
-        shutil.rmtree(part, ignore_errors=True)
+        # whole or not at all: copied beside it, then renamed (a run that got there first wins)
+        part = folder.with_name(f"{folder.name}.part-{os.getpid()}")
         part.mkdir(parents=True)
         for name in (GRAPH, "config.json"):
             shutil.copyfile(local / name, part / name)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(part, folder)
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete one, left by hand
+        try:
+            os.replace(part, folder)
+        except OSError:
+            shutil.rmtree(part, ignore_errors=True)
     return str(folder)
 
 
