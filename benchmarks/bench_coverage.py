@@ -139,8 +139,9 @@ def bulk_faces(data: Path, n: int, offset: int = 0) -> list[str]:
     return rels[offset::step][:n]
 
 
-def rendered_cases(data: Path, n: int, keep: bool = False, offset: int = 0, seed: int = 0):
-    """Yield Cases: faces-bulk faces, even ones with a procedural mask, odd ones with each template in turn."""
+def rendered_cases(data: Path, n: int, keep: bool = False, offset: int = 0, seed: int = 0, only=None):
+    """Yield Cases: faces-bulk faces, even ones with a procedural mask, odd ones with each template in turn.
+    only(kind) -> bool: run just those (the others are still drawn, so every case is the same)."""
     from tasks.landmarks import detect_faces
     from tasks.render import load_templates
 
@@ -153,7 +154,8 @@ def rendered_cases(data: Path, n: int, keep: bool = False, offset: int = 0, seed
             continue
         kind = "procedural" if i % 2 == 0 else templates[(i // 2) % len(templates)].name
         masked, truth = render_on_photo(img, faces[0], kind, rng, templates)
-        yield run_case(masked, truth, rel, kind, keep)
+        if only is None or only(kind):
+            yield run_case(masked, truth, rel, kind, keep)
 
 
 def labelled_cases(data: Path, n: int, keep: bool = False):

@@ -1,12 +1,12 @@
 """Mask segmentation.
 
-`segment_mask` is the default: a small learned network (`segment_learned`, weights in
-tasks/segmenter.onnx, fitted by benchmarks/fit_segmenter.py, run with OpenCV's DNN module) on the
-face aligned by its landmarks, with the landmark mask polygon as a prior; `mask_probability` gives
-its per-pixel probability. Without the model file, or with method="grabcut", the colour segmenter
-(`segment_grabcut`): a skin colour model from the upper face (landmarks there are visible over a
-mask) marks what inside a grown landmark polygon is unlike skin, and GrabCut, initialised from
-that, refines it at a small working scale. `segment_kmeans` is the paper's method: k-means (k=3)
+`segment_mask` is the default: a small learned network (`segment_learned`; two fits of it averaged,
+tasks/segmenter.onnx and segmenter-any-template.onnx, fitted by benchmarks/fit_segmenter.py, run
+with OpenCV's DNN module) on the face aligned by its landmarks, with the landmark mask polygon as a
+prior; `mask_probability` gives its per-pixel probability. Without the model file, or with
+method="grabcut", the colour segmenter (`segment_grabcut`): a skin colour model from the upper face
+(landmarks there are visible over a mask) marks what inside a grown landmark polygon is unlike
+skin, and GrabCut, initialised from that, refines it at a small working scale. `segment_kmeans` is the paper's method: k-means (k=3)
 inside the landmark polygon, largest cluster. Presence is decided apart (tasks/presence.py).
 """
 from __future__ import annotations
@@ -385,7 +385,13 @@ def segment_grabcut(rgb: np.ndarray, landmarks: np.ndarray, seed: int = 0) -> np
 # to NET_SIZE px by its landmarks, with the landmark mask polygon as a fourth channel, and gives
 # the mask's probability per pixel. It runs with OpenCV's DNN module from an ONNX file: no torch
 # at run time. The training data and their licences are in the file's metadata.
+# Two fits of it, their probabilities averaged: one on templates matching the head's turn, one with a
+# fifth of its templates drawn on any head (benchmarks/fit_segmenter.py --any-template 0.2; a turned
+# template on a frontal head runs past the cheek onto hair and background). Alone the second left
+# fewer bands on bench-coverage's templates (17 -> 5 of 150) but covered less of some real masks
+# (under half the landmark polygon: 2 -> 5 of 79 `real-masked` faces); averaged, 6 bands and 1 face.
 MODEL_PATH = Path(__file__).with_name("segmenter.onnx")
+SECOND_PATH = Path(__file__).with_name("segmenter-any-template.onnx")
 NET_SIZE = 128
 PRIOR_CHIN = 0.10         # chin margin of the prior channel's polygon (face heights)
 PRIOR_BLUR = 2.0          # its blur, net pixels
@@ -455,12 +461,17 @@ EDGE_ROWS = 8             # net pixels at the square's bottom and sides where ma
 
 def _look(rgb: np.ndarray, landmarks: np.ndarray, widen: float = 1.0,
           model: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(probability in net pixels, the image-to-net matrix) of one run of the network."""
-    net = _net(model)
+    """(probability in net pixels, the image-to-net matrix) of one run of the network: by default
+    the mean of the default fits' (MODEL_PATH and, where present, SECOND_PATH)."""
     x, matrix = net_input(rgb, landmarks, widen=widen)
-    net.setInput(x)
-    logit = net.forward().reshape(NET_SIZE, NET_SIZE)
-    return (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32), matrix
+    paths = [model] if model is not None else [p for p in (MODEL_PATH, SECOND_PATH) if _net(p) is not None]
+    prob = np.zeros((NET_SIZE, NET_SIZE), np.float32)
+    for path in paths:
+        net = _net(path)
+        net.setInput(x)
+        logit = net.forward().reshape(NET_SIZE, NET_SIZE)
+        prob += (1.0 / (1.0 + np.exp(-np.clip(logit, -30, 30)))).astype(np.float32)
+    return prob / len(paths), matrix
 
 
 def mask_probability(rgb: np.ndarray, landmarks: np.ndarray, model: Path | None = None) -> np.ndarray | None:

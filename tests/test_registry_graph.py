@@ -1,6 +1,7 @@
 """Models that training logs carry their generator as an ONNX graph: on a CPU a registered champion
 fills faces with OpenCV from a copy of its graph in UNMASK_HOME, as the shipped model does, and
-neither torch nor MLflow (seconds each, in every process that fills faces) is imported; a model logged without one (the full generator) runs with torch."""
+neither torch nor MLflow (seconds each, in every process that fills faces) is imported; a model
+logged without one (the full generator) runs with torch."""
 from __future__ import annotations
 
 import functools
