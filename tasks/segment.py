@@ -6,8 +6,9 @@ with OpenCV's DNN module) on the face aligned by its landmarks, with the landmar
 prior; `mask_probability` gives its per-pixel probability. Without the model file, or with
 method="grabcut", the colour segmenter (`segment_grabcut`): a skin colour model from the upper face
 (landmarks there are visible over a mask) marks what inside a grown landmark polygon is unlike
-skin, and GrabCut, initialised from that, refines it at a small working scale. `segment_kmeans` is the paper's method: k-means (k=3)
-inside the landmark polygon, largest cluster. Presence is decided apart (tasks/presence.py).
+skin, and GrabCut, initialised from that, refines it at a small working scale. `segment_kmeans` is
+the paper's method: k-means (k=3) inside the landmark polygon, largest cluster. Presence is decided
+apart (tasks/presence.py).
 """
 from __future__ import annotations
 
