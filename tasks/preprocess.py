@@ -28,7 +28,7 @@ from tasks.reference import reference_crop, synthetic_reference_crop, warp_onto_
 from tasks.regions import mask_region
 from tasks.render import RENDER_VERSION, load_templates, render_mask
 from tasks.schema import REJECT_SCHEMA, ROW_GROUP_SIZE, SCHEMA_VERSION, SHARD_SCHEMA
-from tasks.segment import segment_mask
+from tasks.segment import segment_mask, segmenter_id
 from tasks.timing import lap
 from tasks.unmask import grow_hole
 
@@ -62,7 +62,8 @@ def shard_name(index: int) -> str:
 def options_hash(opts: Options) -> str:
     """Changes when anything that shapes every row changes (not the inputs)."""
     return hashlib.sha1(f"schema={SCHEMA_VERSION};size={opts.size};val={opts.val_percent};"
-                        f"templates={opts.mask_templates};render={RENDER_VERSION}".encode()).hexdigest()
+                        f"templates={opts.mask_templates};render={RENDER_VERSION};"
+                        f"segmenter={segmenter_id()}".encode()).hexdigest()
 
 
 def shard_hash(sources: list[str], opts: Options) -> str:

@@ -12,6 +12,8 @@ apart (tasks/presence.py).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import threading
 from pathlib import Path
 
@@ -407,6 +409,16 @@ PART_GAP = 0.08           # parts further than this (face heights) from the larg
                           # suit's neck ring under the chin is met apart and was filled
 STRAP_RING = 0.04         # face heights beyond the mask's edge where fainter pixels are not added
 _local = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def segmenter_id() -> str:
+    """A short digest of the default segmenter's files (either may be absent): what preprocessing's
+    shards record, so that a refitted segmenter makes their masks again rather than keeping old ones."""
+    h = hashlib.sha1()
+    for path in (MODEL_PATH, SECOND_PATH):
+        h.update(path.read_bytes() if path.exists() else b"none")
+    return h.hexdigest()[:12]
 
 
 def _net(path: Path | None = None):

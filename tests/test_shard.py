@@ -48,3 +48,21 @@ def test_identities_give_real_references_and_person_splits(tmp_path):
     # all photos of one person land in the same split
     for who in {idents[r["source"]] for r in table}:
         assert len({r["split"] for r in table if idents[r["source"]] == who}) == 1
+
+
+def test_a_refitted_segmenter_makes_the_shards_again(tmp_path, monkeypatch):
+    """Shards record the options that shaped their rows; the segmenter's files are among them, so a
+    rerun after a refit finds the masks again rather than keeping the old ones."""
+    from tasks import preprocess, segment
+
+    opts = Options(input_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    before = preprocess.options_hash(opts)
+    assert preprocess.options_hash(opts) == before
+    monkeypatch.setattr(segment, "SECOND_PATH", segment.SECOND_PATH.with_name("absent.onnx"))
+    segment.segmenter_id.cache_clear()
+    try:
+        assert preprocess.options_hash(opts) != before
+    finally:
+        monkeypatch.undo()
+        segment.segmenter_id.cache_clear()
+    assert preprocess.options_hash(opts) == before
