@@ -401,9 +401,7 @@ def load_generator(uri: str, tracking_uri: str, graph: str = ""):
 
         built = _cpu_graph()
         if built is not None:
-            from tasks.generator_onnx import OnnxGenerator
-
-            return OnnxGenerator(built).run, 1, int(shipped.card()["size"])
+            return _graph_runner(built, int(shipped.card()["size"]))
         import torch
 
         pin_torch()
@@ -411,10 +409,8 @@ def load_generator(uri: str, tracking_uri: str, graph: str = ""):
         generator, card = shipped.load(device)
         return _torch_runner(generator, torch.device(device)) + (int(card["size"]),)
     if graph and not has_nvidia_driver() and (Path(graph) / GRAPH).is_file():  # no MLflow, no torch
-        from tasks.generator_onnx import OnnxGenerator
-
         config = json.loads((Path(graph) / "config.json").read_text())
-        return OnnxGenerator(Path(graph) / GRAPH).run, 1, int(config.get("size", 256))
+        return _graph_runner(Path(graph) / GRAPH, int(config.get("size", 256)))
     import mlflow  # mlflow: seconds to import
 
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
@@ -425,6 +421,13 @@ def load_generator(uri: str, tracking_uri: str, graph: str = ""):
     wrapper = mlflow.pyfunc.load_model(uri, suppress_warnings=True).unwrap_python_model()
     pin_torch()
     return _torch_runner(wrapper.generator, wrapper.device) + (int(wrapper.config.get("size", 256)),)
+
+
+def _graph_runner(path: Path, size: int) -> tuple:
+    """(run, batch size, size) of an ONNX generator graph run by OpenCV: one face at a time."""
+    from tasks.generator_onnx import OnnxGenerator
+
+    return OnnxGenerator(path).run, 1, size
 
 
 def _torch_runner(generator, device) -> tuple:
